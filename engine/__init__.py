@@ -1,0 +1,1 @@
+"""Approvals engine: deploys, runs and persists joint-approval BPMN flows on SpiffWorkflow."""

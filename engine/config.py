@@ -1,0 +1,56 @@
+"""Engine settings, read once from the environment and passed explicitly to every engine call."""
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+DEFAULT_SQLITE_PATH = Path("instance") / "approvals.sqlite3"
+
+
+def system_clock() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class Config:
+    database_url: str = f"sqlite:///{DEFAULT_SQLITE_PATH}"
+    secret_key: str = field(default_factory=lambda: secrets.token_hex(32))
+    # Injected so that tests and the timer sweep agree on "now" without patching.
+    clock: Callable[[], datetime] = system_clock
+    max_upload_bytes: int = 5 * 1024 * 1024
+    token_max_age_seconds: int = 8 * 3600
+    sweep_interval_seconds: float = 2.0
+    sweep_batch_size: int = 200
+    office_hours: str = "09:00-12:00,13:30-17:30"
+    timezone: str = "Asia/Shanghai"
+
+    @classmethod
+    def from_env(cls, **overrides) -> "Config":
+        env = os.environ
+        values: dict = {}
+        if env.get("DATABASE_URL"):
+            values["database_url"] = normalise_database_url(env["DATABASE_URL"])
+        if env.get("APPROVALS_SECRET_KEY"):
+            values["secret_key"] = env["APPROVALS_SECRET_KEY"]
+        if env.get("APPROVALS_MAX_UPLOAD_BYTES"):
+            values["max_upload_bytes"] = int(env["APPROVALS_MAX_UPLOAD_BYTES"])
+        if env.get("APPROVALS_OFFICE_HOURS"):
+            values["office_hours"] = env["APPROVALS_OFFICE_HOURS"]
+        values.update(overrides)
+        return cls(**values)
+
+    def now(self) -> datetime:
+        return self.clock()
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept the libpq-style `postgresql://` URL operators paste, and use psycopg 3 for it."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url

@@ -1,0 +1,280 @@
+"""Database tables, connections and transactions (with per-case locking and retry) for SQLite and PostgreSQL."""
+from __future__ import annotations
+
+import random
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator, TypeVar
+
+from sqlalchemy import (
+    JSON, Boolean, Column, Date, DateTime, ForeignKey, Index, Integer, MetaData, String, Table, Text,
+    UniqueConstraint, create_engine, event, select,
+)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.pool import NullPool
+from sqlalchemy.types import TypeDecorator
+
+from .config import Config
+
+
+class UTCDateTime(TypeDecorator):
+    """Aware datetimes in, aware UTC datetimes out; stored as naive UTC so SQLite and PostgreSQL agree."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database; pass an aware one")
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        return value.replace(tzinfo=timezone.utc)
+
+
+metadata = MetaData(naming_convention={
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+})
+
+setting = Table(
+    "setting", metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+department = Table(
+    "department", metadata,
+    Column("key", String(64), primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+app_user = Table(
+    "app_user", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("username", String(64), nullable=False, unique=True),
+    Column("name", String(200), nullable=False),
+    Column("password_hash", String(255), nullable=False),
+    Column("roles", String(255), nullable=False, default=""),
+    Column("active", Boolean, nullable=False, default=True),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+user_department = Table(
+    "user_department", metadata,
+    Column("user_id", Integer, ForeignKey("app_user.id", ondelete="CASCADE"), primary_key=True),
+    Column("department_key", String(64), ForeignKey("department.key"), primary_key=True),
+)
+
+process_definition = Table(
+    "process_definition", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("key", String(255), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("name", String(255), nullable=True),
+    Column("source_name", String(255), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("bpmn_xml", Text, nullable=False),
+    Column("spec_json", Text, nullable=False),
+    Column("properties", JSON, nullable=False),
+    Column("guide", JSON, nullable=True),
+    Column("status", String(16), nullable=False, default="active"),
+    Column("deployed_by", String(64), nullable=True),
+    Column("deployed_at", UTCDateTime, nullable=False),
+    UniqueConstraint("key", "version", name="uq_process_definition_key_version"),
+)
+
+process_instance = Table(
+    "process_instance", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("definition_id", Integer, ForeignKey("process_definition.id"), nullable=False, index=True),
+    Column("case_no", String(32), nullable=False, unique=True),
+    Column("status", String(16), nullable=False),
+    Column("revision", Integer, nullable=False, default=0),
+    Column("applicant", String(255), nullable=True),
+    Column("started_by", String(64), nullable=True),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("ended_at", UTCDateTime, nullable=True),
+    Column("due_at", UTCDateTime, nullable=True),
+    Column("light", String(8), nullable=True),
+    Index("ix_process_instance_status_started", "status", "started_at"),
+)
+
+# Kept apart from process_instance so case lists never read the serialized workflow.
+workflow_state = Table(
+    "workflow_state", metadata,
+    Column("instance_id", Integer, ForeignKey("process_instance.id", ondelete="CASCADE"), primary_key=True),
+    Column("body", Text, nullable=False),
+)
+
+case_sequence = Table(
+    "case_sequence", metadata,
+    Column("day", String(8), primary_key=True),
+    Column("last", Integer, nullable=False),
+)
+
+human_task = Table(
+    "human_task", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("instance_id", Integer, ForeignKey("process_instance.id", ondelete="CASCADE"), nullable=False),
+    Column("task_guid", String(36), nullable=False, unique=True),
+    Column("bpmn_id", String(255), nullable=False),
+    Column("name", String(255), nullable=True),
+    Column("lane", String(255), nullable=True),
+    Column("departments", JSON, nullable=False),
+    Column("assignee", String(64), nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("claimed_at", UTCDateTime, nullable=True),
+    Column("completed_at", UTCDateTime, nullable=True),
+    Column("completed_by", String(64), nullable=True),
+    Column("due_at", UTCDateTime, nullable=True),
+    Column("light", String(8), nullable=True),
+    Index("ix_human_task_instance_status", "instance_id", "status"),
+    Index("ix_human_task_assignee_status", "assignee", "status"),
+    Index("ix_human_task_status_due", "status", "due_at"),
+)
+
+# One row per (open task, candidate department); rows go when the task closes, so a
+# department's queue is an index range scan however many tasks have ever existed.
+task_queue = Table(
+    "task_queue", metadata,
+    Column("department_key", String(64), primary_key=True),
+    Column("human_task_id", Integer, ForeignKey("human_task.id", ondelete="CASCADE"), primary_key=True),
+)
+
+audit_event = Table(
+    "audit_event", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("actor", String(64), nullable=True),
+    Column("type", String(64), nullable=False),
+    Column("instance_id", Integer, nullable=True),
+    Column("task_id", Integer, nullable=True),
+    Column("data", JSON, nullable=False),
+    Index("ix_audit_event_instance", "instance_id", "id"),
+    Index("ix_audit_event_type_at", "type", "at"),
+)
+
+timer = Table(
+    "timer", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("instance_id", Integer, ForeignKey("process_instance.id", ondelete="CASCADE"), nullable=False),
+    Column("task_guid", String(36), nullable=False),
+    Column("bpmn_id", String(255), nullable=False),
+    Column("due_at", UTCDateTime, nullable=False),
+    UniqueConstraint("instance_id", "task_guid", name="uq_timer_instance_task"),
+    Index("ix_timer_due_at", "due_at"),
+)
+
+# Administrators' calendar: next year's State Council schedule and local adjustments (win over the package).
+calendar_day = Table(
+    "calendar_day", metadata,
+    Column("day", Date, primary_key=True),
+    Column("workday", Boolean, nullable=False),
+    Column("holiday_name", String(64), nullable=True),
+    Column("note", String(255), nullable=True),
+)
+
+calendar_year = Table(
+    "calendar_year", metadata,
+    Column("year", Integer, primary_key=True),
+    Column("loaded_at", UTCDateTime, nullable=False),
+    Column("source", String(255), nullable=True),
+)
+
+APPEND_ONLY_TABLES = ("audit_event",)
+
+T = TypeVar("T")
+
+
+class Database:
+    """One SQLAlchemy engine plus the transaction discipline every engine function uses."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.url = config.database_url
+        self.is_sqlite = self.url.startswith("sqlite")
+        self.engine = _create_engine(self.url)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        # SQLite: take the write lock up front (BEGIN IMMEDIATE) so two writers never
+        # deadlock upgrading a shared lock; PostgreSQL relies on row locks instead.
+        with self.engine.connect().execution_options(immediate=True) as conn:
+            with conn.begin():
+                yield conn
+
+    def run(self, fn: Callable[[Connection], T], retries: int = 8) -> T:
+        """Run fn in a write transaction, retrying on lock timeouts, deadlocks and serialization failures."""
+        for attempt in range(retries + 1):
+            try:
+                with self.write() as conn:
+                    return fn(conn)
+            except (OperationalError, DBAPIError) as exc:
+                if attempt == retries or not _is_transient(exc):
+                    raise
+                time.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def lock_instance(self, conn: Connection, instance_id: int, skip_locked: bool = False):
+        """Lock one case row for the rest of the transaction; returns the row or None."""
+        query = select(process_instance).where(process_instance.c.id == instance_id)
+        if not self.is_sqlite:
+            query = query.with_for_update(skip_locked=skip_locked)
+        return conn.execute(query).mappings().first()
+
+
+def _is_transient(exc: DBAPIError) -> bool:
+    text = str(exc.orig if getattr(exc, "orig", None) is not None else exc).lower()
+    return any(marker in text for marker in (
+        "database is locked", "deadlock detected", "could not serialize", "lock timeout",
+        "could not obtain lock", "database table is locked",
+    ))
+
+
+def _create_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[1] if "///" in url else ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            # WAL + NORMAL survives process crashes; only an OS crash may lose the last commits.
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn):
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("immediate") else "BEGIN")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
