@@ -49,8 +49,8 @@ def describe(form) -> list[dict]:
     for field in getattr(form, "fields", []) or []:
         item = {
             "id": field.id, "label": field.label or field.id, "type": field.type,
-            "default": field.default_value, "required": field.has_validation("required"),
-            "readonly": field.has_validation("readonly"),
+            "default": field.default_value, "required": _has(field, "required"),
+            "readonly": _has(field, "readonly"),
             "constraints": {v.name: v.config for v in field.validation},
             "properties": {p.id: p.value for p in field.properties},
         }
@@ -74,12 +74,12 @@ def validate(form, submitted: dict) -> dict:
     values = {}
     for field in fields:
         raw = submitted.get(field.id)
-        if field.has_validation("readonly"):
+        if _has(field, "readonly"):
             if raw is not None:
                 problems.append(Problem("this field is read-only", field=field.id))
             continue
         if raw is None or raw == "":
-            if field.has_validation("required"):
+            if _has(field, "required"):
                 problems.append(Problem(f"{field.label or field.id} is required", field=field.id))
             continue
         try:
@@ -92,6 +92,11 @@ def validate(form, submitted: dict) -> dict:
     if problems:
         raise FormInvalid(problems, "the form has invalid fields")
     return values
+
+
+def _has(field, constraint: str) -> bool:
+    # SpiffWorkflow's own has_validation() misses config-less constraints such as `required`.
+    return any(v.name == constraint for v in field.validation)
 
 
 def _convert(field, raw):

@@ -1,8 +1,9 @@
-"""Run cases: start, claim, unclaim, complete and fire timers — the only module that steps workflows."""
+"""Run cases: start, claim, complete, pause, extend and fire timers — the only module that steps workflows."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Callable
 from uuid import UUID
 from zoneinfo import ZoneInfo
@@ -10,18 +11,17 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import and_, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from SpiffWorkflow.bpmn.specs.event_definitions.timer import TimerEventDefinition
 from SpiffWorkflow.exceptions import WorkflowException
 from SpiffWorkflow.util.task import TaskState
 
-from . import audit, forms
+from . import audit, clock, forms
 from .accounts import User, resolve_departments
 from .bpmn import task_departments
 from .errors import ApprovalsError, Conflict, InvalidInput, NotFound, PermissionDenied, Problem
 from .scripting import using_calendar
 from .snapshot import Snapshot, decode, load_specs, new_workflow, snapshots
 from .store import (
-    Database, case_sequence, human_task, process_definition, process_instance, task_queue, timer,
+    Database, case_sequence, clock_pause, human_task, process_definition, process_instance, task_queue, timer,
     workflow_state,
 )
 from .timekeeping import calendar_for
@@ -29,6 +29,9 @@ from .timekeeping import calendar_for
 LOCAL_TZ = ZoneInfo("Asia/Shanghai")
 # Steps drawn outside any department lane are queued for the comprehensive window (综合窗口).
 WINDOW_QUEUE = "__window__"
+PAUSE_ROLES = ("window", "lead", "supervisor", "admin")
+EXTEND_ROLES = ("lead", "supervisor", "admin")
+_GROUP_EXPRESSION = re.compile(r"^\$\{\s*([A-Za-z_]\w*)\s*\}$")
 
 
 class WorkflowFailed(ApprovalsError):
@@ -37,13 +40,15 @@ class WorkflowFailed(ApprovalsError):
 
 @dataclass
 class _Case:
-    """What a mutation sees: the locked case row, its live workflow, and the events to append."""
+    """What a mutation sees: the locked case row, its live workflow, the calendar and the events to append."""
 
     row: dict
     workflow: object
     now: datetime
     actor: str | None
     events: list
+    calendar: object = None
+    completed_task: int | None = None
 
     def event(self, type_: str, task_id: int | None = None, **data) -> None:
         self.events.append({"at": self.now, "actor": self.actor, "type": type_,
@@ -52,31 +57,39 @@ class _Case:
 
 def start_case(db: Database, key: str, data: dict | None = None, actor: str | None = None) -> dict:
     """Start a case on the latest active version of `key`."""
-    data = dict(data or {})
-    if not isinstance(data, dict):
+    if data is not None and not isinstance(data, dict):
         raise InvalidInput(Problem("data must be a JSON object", field="data"))
+    data = dict(data or {})
 
     def start(conn):
         definition = conn.execute(
-            select(process_definition.c.id, process_definition.c.version, process_definition.c.spec_json)
+            select(process_definition.c.id, process_definition.c.version, process_definition.c.spec_json,
+                   process_definition.c.properties)
             .where(process_definition.c.key == key, process_definition.c.status == "active")
             .order_by(process_definition.c.version.desc()).limit(1)).first()
         if definition is None:
             raise NotFound(f"no deployed process {key!r}")
         now = db.config.now()
+        calendar = calendar_for(db, conn)
+        limits = (definition.properties or {}).get("extensions", {})
+        committed = clock.deadline_from(calendar, now, limits.get("committedLimit"))
+        statutory = clock.deadline_from(calendar, now, limits.get("statutoryLimit"))
         case_no = _next_case_no(db, conn, now)
         instance_id = conn.execute(process_instance.insert().values(
             definition_id=definition.id, case_no=case_no, status="running", revision=0,
-            applicant=_applicant(data), started_by=actor, started_at=now)).inserted_primary_key[0]
+            applicant=_applicant(data), started_by=actor, started_at=now,
+            due_at=committed.at if committed else None, statutory_due_at=statutory.at if statutory else None,
+        )).inserted_primary_key[0]
         row = {"id": instance_id, "definition_id": definition.id, "revision": 0, "status": "running",
-               "case_no": case_no}
+               "case_no": case_no, "paused_since": None, "due_at": committed.at if committed else None,
+               "statutory_due_at": statutory.at if statutory else None}
         workflow = new_workflow(load_specs(definition.id, definition.spec_json))
         workflow.task_tree.data.update(data)
-        case = _Case(row, workflow, now, actor, [])
-        case.event("case_started", key=key, version=definition.version, case_no=case_no)
+        case = _Case(row, workflow, now, actor, [], calendar)
+        case.event("case_started", key=key, version=definition.version, case_no=case_no,
+                   due_at=_iso(row["due_at"]), provisional=bool(committed and committed.provisional))
         snapshot = Snapshot(workflow, revision=0)
-        with using_calendar(calendar_for(db, conn)):
-            _step(case)
+        _step(case)
         _save(db, conn, case, snapshot, first=True)
         return snapshot, {"id": instance_id, "case_no": case_no, "status": case.row["status"],
                           "version": definition.version, "process_key": key}
@@ -119,79 +132,157 @@ def complete(db: Database, task_id: int, user: User, data: dict | None = None) -
         spiff_task.run()
         conn.execute(update(human_task).where(human_task.c.id == task_id).values(
             status="completed", completed_at=case.now, completed_by=user.username, assignee=user.username))
+        case.completed_task = task_id
         case.event("task_completed", task_id, bpmn_id=task_row["bpmn_id"], values=values)
     return _task_action(db, task_id, user, do, steps=True)
 
 
 def fire_due_timers(db: Database, instance_id: int) -> int:
-    """Wake one case whose timers are due and let them fire; returns how many fired (0 if another worker has it)."""
-    def mutate(conn):
-        row = db.lock_instance(conn, instance_id, skip_locked=True)
-        if row is None or row["status"] != "running":
-            return None, 0
-        now = db.config.now()
-        due = conn.execute(select(timer.c.task_guid, timer.c.bpmn_id).where(
-            timer.c.instance_id == instance_id, timer.c.due_at <= now)).all()
+    """Wake one case whose timers are due; returns how many fired (0 when another worker holds the case)."""
+    def do(conn, case):
+        due = conn.execute(select(timer.c.task_guid).where(
+            timer.c.instance_id == instance_id, timer.c.due_at <= case.now)).all()
         if not due:
-            return None, 0  # another worker fired them after we listed them
-        case = _Case(dict(row), None, now, None, [])
+            return False  # another worker fired them after we listed them
+        _step(case)
+        return True
+
+    case = _mutate(db, instance_id, None, do, skip_locked=True)
+    return sum(1 for e in case.events if e["type"] == "timer_fired") if case is not None else 0
+
+
+def pause_case(db: Database, instance_id: int, user: User, kind: str, reason: str,
+               expected_workdays: int | None = None) -> dict:
+    """Stop the clock for 补正 or a 特别程序 (hearing, inspection, expert review, site survey...)."""
+    if not user.has_role(*PAUSE_ROLES):
+        raise PermissionDenied("only window staff, leads and supervisors may stop a case's clock")
+    if not kind or not reason:
+        raise InvalidInput([Problem("required", field=f) for f, v in (("kind", kind), ("reason", reason)) if not v])
+
+    def do(conn, case):
+        if case.row["paused_since"] is not None:
+            raise Conflict(f"case {case.row['case_no']} is already paused")
+        _start_pause(conn, case, kind, reason, automatic=False, expected_workdays=expected_workdays)
+        return True
+
+    _mutate(db, instance_id, user.username, do)
+    return {"instance_id": instance_id, "paused": True}
+
+
+def resume_case(db: Database, instance_id: int, user: User) -> dict:
+    if not user.has_role(*PAUSE_ROLES):
+        raise PermissionDenied("only window staff, leads and supervisors may restart a case's clock")
+
+    def do(conn, case):
+        pause = _open_pause(conn, instance_id)
+        if pause is None:
+            raise Conflict(f"case {case.row['case_no']} is not paused")
+        if pause.automatic:
+            raise Conflict("this pause ends when its task (e.g. 补正) is completed")
+        _end_pause(conn, case, pause)
+        return True
+
+    _mutate(db, instance_id, user.username, do)
+    return {"instance_id": instance_id, "paused": False}
+
+
+def extend(db: Database, user: User, workdays: int, reason: str, task_id: int | None = None,
+           instance_id: int | None = None) -> dict:
+    """延期: once, before it expires, push a task's or a case's committed limit back by N working days."""
+    if not user.has_role(*EXTEND_ROLES):
+        raise PermissionDenied("only leads and supervisors may extend a time limit")
+    if not isinstance(workdays, int) or isinstance(workdays, bool) or not 1 <= workdays <= 60:
+        raise InvalidInput(Problem("must be a whole number of working days between 1 and 60", field="workdays"))
+    if not reason:
+        raise InvalidInput(Problem("a reason is required", field="reason"))
+    if task_id is not None:
+        instance_id = _instance_of_task(db, task_id)
+    if instance_id is None:
+        raise InvalidInput(Problem("name a task or a case", field="task_id"))
+
+    def do(conn, case):
+        calendar = case.calendar
+        if task_id is None:
+            due = case.row["due_at"]
+            if case.row["extended_at"] is not None:
+                raise Conflict("this case's limit has already been extended once")
+            if due is None or due <= case.now:
+                raise Conflict("only a running limit can be extended, before it expires")
+            new_due = calendar.add_working_seconds(due, workdays * calendar.office_hours.seconds_per_day).at
+            case.row.update(due_at=new_due, extended_at=case.now)
+            case.event("limit_extended", None, scope="case", workdays=workdays, reason=reason,
+                       previous_due=_iso(due), due_at=_iso(new_due))
+            return True
+        task_row = conn.execute(select(human_task).where(human_task.c.id == task_id)).mappings().first()
+        if task_row["status"] != "open":
+            raise Conflict(f"task {task_id} is {task_row['status']}")
+        if task_row["extended_at"] is not None:
+            raise Conflict("this task's limit has already been extended once")
+        if task_row["due_at"] is None or task_row["due_at"] <= case.now:
+            raise Conflict("only a running limit can be extended, before it expires")
+        spiff_task = case.workflow.get_task_from_id(UUID(task_row["task_guid"]))
+        guids = {str(t.id) for t in spiff_task.parent.children if t is not spiff_task}
+        clock.extend_timers(case.workflow, calendar, guids, workdays)
+        new_due = _boundary_due(spiff_task)
+        conn.execute(update(human_task).where(human_task.c.id == task_id).values(extended_at=case.now, due_at=new_due))
+        case.event("limit_extended", task_id, scope="task", workdays=workdays, reason=reason,
+                   previous_due=_iso(task_row["due_at"]), due_at=_iso(new_due))
+        return True
+
+    _mutate(db, instance_id, user.username, do)
+    return {"instance_id": instance_id, "task_id": task_id}
+
+
+def _mutate(db: Database, instance_id: int, actor: str | None, action: Callable,
+            skip_locked: bool = False) -> _Case | None:
+    """Lock the case, run `action(conn, case)` on its live workflow, save if it returns True."""
+    def run(conn):
+        row = db.lock_instance(conn, instance_id, skip_locked=skip_locked)
+        if row is None:
+            if skip_locked:
+                return None
+            raise NotFound(f"no case {instance_id}")
+        if row["status"] != "running":
+            if skip_locked:
+                return None
+            raise Conflict(f"case {row['case_no']} is {row['status']}")
+        case = _Case(dict(row), None, db.config.now(), actor, [], calendar_for(db, conn))
         snapshot = _snapshot_for(conn, case.row)
         case.workflow = snapshot.workflow
-        with using_calendar(calendar_for(db, conn)):
-            case.workflow.refresh_waiting_tasks()
-            _step(case)
-        fired = 0
-        for entry in due:
-            task = case.workflow.get_task_from_id(UUID(entry.task_guid))
-            if task is not None and task.state & (TaskState.COMPLETED | TaskState.READY):
-                fired += 1
-                case.event("timer_fired", bpmn_id=entry.bpmn_id, task_guid=entry.task_guid)
-        _save(db, conn, case, snapshot)
-        return snapshot, fired
+        if action(conn, case):
+            _save(db, conn, case, snapshot)
+        # else nothing changed, so the live workflow is still exactly what is stored
+        return snapshot, case
 
-    snapshot, fired = db.run(mutate)
-    if snapshot is not None:
-        snapshots.put(instance_id, snapshot)
-    return fired
+    outcome = db.run(run)
+    if outcome is None:
+        return None
+    snapshots.put(instance_id, outcome[0])
+    return outcome[1]
 
 
-def _task_action(db: Database, task_id: int, user: User,
-                 action: Callable, steps: bool) -> dict:
+def _task_action(db: Database, task_id: int, user: User, action: Callable, steps: bool) -> dict:
     instance_id = _instance_of_task(db, task_id)
 
-    def mutate(conn):
-        row = db.lock_instance(conn, instance_id)
+    def do(conn, case):
         task_row = conn.execute(select(human_task).where(human_task.c.id == task_id)).mappings().first()
-        if task_row is None or row is None:
-            raise NotFound(f"no task {task_id}")
         if not may_work_on(user, task_row):
-            raise PermissionDenied(f"task {task_id} belongs to {', '.join(task_row['departments']) or 'nobody'}; "
+            raise PermissionDenied(f"task {task_id} belongs to {', '.join(task_row['departments']) or '综合窗口'}; "
                                    f"you are in {', '.join(user.departments) or 'no department'}")
         if task_row["status"] != "open":
             raise Conflict(f"task {task_id} is already {task_row['status']}")
-        case = _Case(dict(row), None, db.config.now(), user.username, [])
         if not steps:  # claim and unclaim touch only the projection, never the workflow
             action(conn, case, task_row, None)
             audit.record_many(conn, case.events)
-            return None, _task_result(task_id, instance_id, case)
-        snapshot = _snapshot_for(conn, case.row)
-        case.workflow = snapshot.workflow
-        spiff_task = case.workflow.get_task_from_id(UUID(task_row["task_guid"]))
-        if spiff_task is None or spiff_task.state != TaskState.READY:
-            raise Conflict(f"task {task_id} is no longer ready")
-        action(conn, case, task_row, spiff_task)
-        with using_calendar(calendar_for(db, conn)):
+        else:
+            spiff_task = case.workflow.get_task_from_id(UUID(task_row["task_guid"]))
+            if spiff_task is None or spiff_task.state != TaskState.READY:
+                raise Conflict(f"task {task_id} is no longer ready")
+            action(conn, case, task_row, spiff_task)
             _step(case)
-        _save(db, conn, case, snapshot)
-        return snapshot, _task_result(task_id, instance_id, case)
+        return steps
 
-    snapshot, result = db.run(mutate)
-    if snapshot is not None:
-        snapshots.put(instance_id, snapshot)
-    return result
-
-
-def _task_result(task_id: int, instance_id: int, case: _Case) -> dict:
+    case = _mutate(db, instance_id, user.username, do)
     return {"task_id": task_id, "instance_id": instance_id, "case_status": case.row["status"]}
 
 
@@ -226,7 +317,8 @@ def _snapshot_for(conn, row: dict) -> Snapshot:
 
 def _step(case: _Case) -> None:
     try:
-        case.workflow.do_engine_steps()
+        with using_calendar(case.calendar):
+            case.workflow.do_engine_steps()
     except WorkflowException as exc:
         task = getattr(exc, "task_spec", None) or getattr(getattr(exc, "task", None), "task_spec", None)
         element = getattr(task, "bpmn_id", None) or getattr(task, "name", None)
@@ -236,54 +328,136 @@ def _step(case: _Case) -> None:
 def _save(db: Database, conn, case: _Case, snapshot: Snapshot, first: bool = False) -> None:
     """Persist the workflow and everything projected from it, in the caller's transaction."""
     workflow, row = case.workflow, case.row
-    revision = row["revision"] + 1
+    ready = {str(t.id): t for t in workflow.get_tasks(state=TaskState.READY, manual=True)}
+    resumed = _apply_clock(conn, case, ready)
     body = snapshot.encode()
     if first:
         conn.execute(workflow_state.insert().values(instance_id=row["id"], body=body))
     else:
         conn.execute(update(workflow_state).where(workflow_state.c.instance_id == row["id"]).values(body=body))
-    _sync_human_tasks(conn, case)
+    _sync_human_tasks(conn, case, ready, refresh_due=resumed)
     _sync_timers(conn, case)
-    status = row["status"]
-    values = {"revision": revision}
-    if workflow.completed and status == "running":
-        status = "completed" if workflow.success else "terminated"
-        values.update(status=status, ended_at=case.now)
-        case.event("case_" + status)
+    revision = row["revision"] + 1
+    values = {"revision": revision, "due_at": row["due_at"], "statutory_due_at": row["statutory_due_at"],
+              "paused_since": row["paused_since"], "extended_at": row.get("extended_at")}
+    if workflow.completed and row["status"] == "running":
+        row["status"] = "completed" if workflow.success else "terminated"
+        values.update(status=row["status"], ended_at=case.now)
+        case.event("case_" + row["status"], outcome=workflow.data.get("outcome") or _last_data(workflow, "outcome"))
     conn.execute(update(process_instance).where(process_instance.c.id == row["id"]).values(**values))
-    row.update(revision=revision, status=status)
-    snapshot.revision = revision
+    row["revision"] = snapshot.revision = revision
     audit.record_many(conn, case.events)
 
 
-def _sync_human_tasks(conn, case: _Case) -> None:
-    ready = {str(t.id): t for t in case.workflow.get_tasks(state=TaskState.READY, manual=True)}
+def _apply_clock(conn, case: _Case, ready: dict) -> bool:
+    """Start or end automatic pauses (tasks marked clock=pause) and keep timers frozen while paused."""
+    pausing = [t for t in ready.values() if _extensions(t.task_spec).get("clock") == "pause"]
+    paused_since = case.row["paused_since"]
+    if paused_since is None and pausing:
+        spec = pausing[0].task_spec
+        _start_pause(conn, case, _extensions(spec).get("pauseKind") or "补正",
+                     spec.bpmn_name or spec.bpmn_id, automatic=True)
+        return False
+    if paused_since is None:
+        return False
+    pause = _open_pause(conn, case.row["id"])
+    if pause is not None and pause.automatic and not pausing:
+        _end_pause(conn, case, pause)
+        return True
+    clock.freeze_timers(case.workflow, case.calendar, paused_since)  # timers born during the pause
+    return False
+
+
+def _start_pause(conn, case: _Case, kind: str, reason: str, automatic: bool, expected_workdays=None) -> None:
+    conn.execute(clock_pause.insert().values(
+        instance_id=case.row["id"], kind=kind, automatic=automatic, reason=reason,
+        expected_workdays=expected_workdays, started_at=case.now, started_by=case.actor))
+    case.row["paused_since"] = case.now
+    clock.freeze_timers(case.workflow, case.calendar, case.now)
+    case.event("clock_paused", kind=kind, reason=reason, automatic=automatic, expected_workdays=expected_workdays)
+
+
+def _open_pause(conn, instance_id: int):
+    return conn.execute(select(clock_pause).where(
+        clock_pause.c.instance_id == instance_id, clock_pause.c.ended_at.is_(None))
+        .order_by(clock_pause.c.id.desc()).limit(1)).first()
+
+
+def _end_pause(conn, case: _Case, pause) -> None:
+    calendar, since = case.calendar, case.row["paused_since"]
+    seconds = int(calendar.working_seconds_between(since, case.now))
+    conn.execute(update(clock_pause).where(clock_pause.c.id == pause.id).values(
+        ended_at=case.now, ended_by=case.actor, working_seconds=seconds))
+    clock.thaw_timers(case.workflow, calendar, case.now)
+    case.row["due_at"] = clock.shift(calendar, case.row["due_at"], since, case.now)
+    case.row["statutory_due_at"] = clock.shift(calendar, case.row["statutory_due_at"], since, case.now)
+    case.row["paused_since"] = None
+    case.event("clock_resumed", kind=pause.kind, paused_working_seconds=seconds, due_at=_iso(case.row["due_at"]))
+
+
+def _sync_human_tasks(conn, case: _Case, ready: dict, refresh_due: bool) -> None:
     open_rows = {r.task_guid: r.id for r in conn.execute(
         select(human_task.c.task_guid, human_task.c.id).where(
             human_task.c.instance_id == case.row["id"], human_task.c.status == "open"))}
-    gone = [task_id for guid, task_id in open_rows.items() if guid not in ready]
+    gone = {guid: task_id for guid, task_id in open_rows.items() if guid not in ready}
     if gone:
-        conn.execute(delete(task_queue).where(task_queue.c.human_task_id.in_(gone)))
-        # Tasks completed through runtime.complete are already closed; the rest were cancelled
-        # by the diagram (an interrupting timer, a terminate end, another branch winning).
-        conn.execute(update(human_task).where(human_task.c.id.in_(gone), human_task.c.status == "open")
-                     .values(status="cancelled", completed_at=case.now))
-        for task_id in gone:
-            case.event("task_cancelled", task_id)
+        conn.execute(delete(task_queue).where(task_queue.c.human_task_id.in_(list(gone.values()))))
+        # Tasks completed through complete() are already closed; the rest were cancelled by the
+        # diagram: an interrupting timer (超时默许), a terminate end, or another branch winning.
+        cancelled = [task_id for task_id in gone.values() if task_id != case.completed_task]
+        if cancelled:
+            conn.execute(update(human_task).where(human_task.c.id.in_(cancelled))
+                         .values(status="cancelled", completed_at=case.now))
+        for guid, task_id in gone.items():
+            if task_id != case.completed_task:
+                _record_cancellation(case, conn, guid, task_id)
     for guid, task in ready.items():
         if guid in open_rows:
+            if refresh_due:
+                conn.execute(update(human_task).where(human_task.c.id == open_rows[guid])
+                             .values(due_at=_boundary_due(task)))
             continue
         spec = task.task_spec
-        departments = resolve_departments(conn, task_departments(spec))
-        extensions = getattr(spec, "extensions", None) or {}
+        departments = resolve_departments(conn, _groups(task))
         task_id = conn.execute(human_task.insert().values(
             instance_id=case.row["id"], task_guid=guid, bpmn_id=spec.bpmn_id or spec.name,
             name=spec.bpmn_name or spec.bpmn_id, lane=spec.lane, departments=departments,
-            assignee=extensions.get("camunda:assignee"), status="open", created_at=case.now,
+            assignee=_extensions(spec).get("camunda:assignee"), status="open", created_at=case.now,
             due_at=_boundary_due(task))).inserted_primary_key[0]
         conn.execute(task_queue.insert(), [{"department_key": d, "human_task_id": task_id}
                                            for d in departments or [WINDOW_QUEUE]])
         case.event("task_created", task_id, bpmn_id=spec.bpmn_id, departments=departments)
+
+
+def _record_cancellation(case: _Case, conn, guid: str, task_id: int) -> None:
+    task = case.workflow.get_task_from_id(UUID(guid))
+    deemed = None
+    if task is not None and task.parent is not None:
+        for sibling in task.parent.children:
+            definition = getattr(sibling.task_spec, "event_definition", None)
+            if (sibling is not task and sibling.state == TaskState.COMPLETED and definition is not None
+                    and getattr(sibling.task_spec, "cancel_activity", False) and clock.is_timer(definition)):
+                deemed = sibling
+    if deemed is None:
+        case.event("task_cancelled", task_id)
+        return
+    row = conn.execute(select(human_task.c.bpmn_id, human_task.c.departments, human_task.c.assignee)
+                       .where(human_task.c.id == task_id)).first()
+    case.event("deemed_consent", task_id, bpmn_id=row.bpmn_id, departments=row.departments,
+               assignee=row.assignee, timer=deemed.task_spec.bpmn_id)
+
+
+def _groups(task) -> list[str]:
+    """Candidate groups, resolving `${variable}` entries (e.g. a countersign's department) from task data."""
+    groups = []
+    for group in task_departments(task.task_spec):
+        match = _GROUP_EXPRESSION.match(group)
+        if not match:
+            groups.append(group)
+            continue
+        value = task.data.get(match.group(1))
+        groups.extend([str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)] if value else [])
+    return groups
 
 
 def _boundary_due(task) -> datetime | None:
@@ -291,43 +465,31 @@ def _boundary_due(task) -> datetime | None:
     parent = task.parent
     if parent is None or not parent.task_spec.name.endswith(".BoundaryEventSplit"):
         return None
-    dues = [_timer_due(sibling) for sibling in parent.children
+    dues = [clock.timer_due(sibling) for sibling in parent.children
             if sibling is not task and sibling.state == TaskState.WAITING]
     dues = [d for d in dues if d is not None]
     return min(dues) if dues else None
 
 
-def _timer_due(task) -> datetime | None:
-    definition = getattr(task.task_spec, "event_definition", None)
-    if not isinstance(definition, TimerEventDefinition):
-        return None
-    value = task.internal_data.get("event_value")
-    if value is None:
-        definition.has_fired(task)  # evaluates the expression and records the due moment
-        value = task.internal_data.get("event_value")
-    if isinstance(value, dict):  # cycle timers keep their next firing under "next"
-        value = value.get("next") if value.get("cycles") != 0 else None
-    if value is None:
-        return None
-    due = TimerEventDefinition.get_datetime(value) if isinstance(value, str) else value
-    return due.astimezone(timezone.utc)
-
-
 def _sync_timers(conn, case: _Case) -> None:
     wanted = {}
-    for task in case.workflow.get_tasks(state=TaskState.WAITING):
-        due = _timer_due(task)
+    for task in clock.waiting_timers(case.workflow):
+        due = clock.timer_due(task)
         if due is not None:
             wanted[str(task.id)] = (task.task_spec.bpmn_id or task.task_spec.name, due)
-    stored = {r.task_guid: r.due_at for r in conn.execute(
-        select(timer.c.task_guid, timer.c.due_at).where(timer.c.instance_id == case.row["id"]))}
+    stored = {r.task_guid: (r.due_at, r.bpmn_id) for r in conn.execute(
+        select(timer.c.task_guid, timer.c.due_at, timer.c.bpmn_id).where(timer.c.instance_id == case.row["id"]))}
     stale = [guid for guid in stored if guid not in wanted]
     if stale:
         conn.execute(delete(timer).where(timer.c.instance_id == case.row["id"], timer.c.task_guid.in_(stale)))
+        for guid in stale:
+            task = case.workflow.get_task_from_id(UUID(guid))
+            if task is not None and task.state & (TaskState.COMPLETED | TaskState.READY):
+                case.event("timer_fired", bpmn_id=stored[guid][1], task_guid=guid, due_at=_iso(stored[guid][0]))
     for guid, (bpmn_id, due) in wanted.items():
         if guid not in stored:
             conn.execute(timer.insert().values(instance_id=case.row["id"], task_guid=guid, bpmn_id=bpmn_id, due_at=due))
-        elif abs((stored[guid] - due).total_seconds()) > 0.0005:
+        elif abs((stored[guid][0] - due).total_seconds()) > 0.001:
             conn.execute(update(timer).where(and_(timer.c.instance_id == case.row["id"], timer.c.task_guid == guid))
                          .values(due_at=due))
 
@@ -339,8 +501,16 @@ def _next_case_no(db: Database, conn, now: datetime) -> str:
     statement = statement.on_conflict_do_update(
         index_elements=[case_sequence.c.day], set_={"last": case_sequence.c.last + 1}
     ).returning(case_sequence.c.last)
-    sequence = conn.execute(statement).scalar_one()
-    return f"{day}{sequence:05d}"
+    return f"{day}{conn.execute(statement).scalar_one():05d}"
+
+
+def _extensions(spec) -> dict:
+    return getattr(spec, "extensions", None) or {}
+
+
+def _last_data(workflow, key: str):
+    last = workflow.last_task
+    return last.data.get(key) if last is not None else None
 
 
 def _applicant(data: dict) -> str | None:
@@ -349,3 +519,7 @@ def _applicant(data: dict) -> str | None:
         if isinstance(value, str) and value.strip():
             return value.strip()[:255]
     return None
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None

@@ -85,11 +85,13 @@ class Snapshot:
                 seen.add(task_id)
             subprocesses[str(sub_id)] = _workflow_head(sub) | {
                 "parent_task_id": str(sub.parent_task_id), "spec": sub.spec.name, "tasks": "@",
+                "typename": _registry.typenames[type(sub)],
             }, sub_parts
         for stale in set(self.fragments) - seen:
             del self.fragments[stale]
         head = _workflow_head(workflow) | {
             "bpmn_events": _registry.convert(workflow.bpmn_events),
+            "typename": _registry.typenames[type(workflow)],
             "serializer_version": SERIALIZER_VERSION,
         }
         # Stitch pre-encoded task fragments into the envelope instead of re-encoding them.

@@ -108,7 +108,10 @@ process_instance = Table(
     Column("started_at", UTCDateTime, nullable=False),
     Column("ended_at", UTCDateTime, nullable=True),
     Column("due_at", UTCDateTime, nullable=True),
+    Column("statutory_due_at", UTCDateTime, nullable=True),
     Column("light", String(8), nullable=True),
+    Column("paused_since", UTCDateTime, nullable=True),
+    Column("extended_at", UTCDateTime, nullable=True),
     Index("ix_process_instance_status_started", "status", "started_at"),
 )
 
@@ -142,6 +145,7 @@ human_task = Table(
     Column("completed_by", String(64), nullable=True),
     Column("due_at", UTCDateTime, nullable=True),
     Column("light", String(8), nullable=True),
+    Column("extended_at", UTCDateTime, nullable=True),
     Index("ix_human_task_instance_status", "instance_id", "status"),
     Index("ix_human_task_assignee_status", "assignee", "status"),
     Index("ix_human_task_status_due", "status", "due_at"),
@@ -177,6 +181,23 @@ timer = Table(
     Column("due_at", UTCDateTime, nullable=False),
     UniqueConstraint("instance_id", "task_guid", name="uq_timer_instance_task"),
     Index("ix_timer_due_at", "due_at"),
+)
+
+# Each stop of a case's clock (补正, 特别程序); working_seconds is filled in when the clock restarts.
+clock_pause = Table(
+    "clock_pause", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("instance_id", Integer, ForeignKey("process_instance.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("kind", String(32), nullable=False),
+    Column("automatic", Boolean, nullable=False, default=False),
+    Column("reason", Text, nullable=True),
+    Column("expected_workdays", Integer, nullable=True),
+    Column("task_id", Integer, nullable=True),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("started_by", String(64), nullable=True),
+    Column("ended_at", UTCDateTime, nullable=True),
+    Column("ended_by", String(64), nullable=True),
+    Column("working_seconds", Integer, nullable=True),
 )
 
 # Administrators' calendar: next year's State Council schedule and local adjustments (win over the package).

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 18:20:06.886292
+Create Date: 2026-11-23 18:23:26.084076
 """
 from alembic import op
 import sqlalchemy as sa
@@ -100,7 +100,10 @@ def upgrade() -> None:
     sa.Column('started_at', sa.DateTime(), nullable=False),
     sa.Column('ended_at', sa.DateTime(), nullable=True),
     sa.Column('due_at', sa.DateTime(), nullable=True),
+    sa.Column('statutory_due_at', sa.DateTime(), nullable=True),
     sa.Column('light', sa.String(length=8), nullable=True),
+    sa.Column('paused_since', sa.DateTime(), nullable=True),
+    sa.Column('extended_at', sa.DateTime(), nullable=True),
     sa.ForeignKeyConstraint(['definition_id'], ['process_definition.id'], name=op.f('fk_process_instance_definition_id_process_definition')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_process_instance')),
     sa.UniqueConstraint('case_no', name=op.f('uq_process_instance_case_no'))
@@ -116,6 +119,25 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['user_id'], ['app_user.id'], name=op.f('fk_user_department_user_id_app_user'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('user_id', 'department_key', name=op.f('pk_user_department'))
     )
+    op.create_table('clock_pause',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('instance_id', sa.Integer(), nullable=False),
+    sa.Column('kind', sa.String(length=32), nullable=False),
+    sa.Column('automatic', sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column('reason', sa.Text(), nullable=True),
+    sa.Column('expected_workdays', sa.Integer(), nullable=True),
+    sa.Column('task_id', sa.Integer(), nullable=True),
+    sa.Column('started_at', sa.DateTime(), nullable=False),
+    sa.Column('started_by', sa.String(length=64), nullable=True),
+    sa.Column('ended_at', sa.DateTime(), nullable=True),
+    sa.Column('ended_by', sa.String(length=64), nullable=True),
+    sa.Column('working_seconds', sa.Integer(), nullable=True),
+    sa.ForeignKeyConstraint(['instance_id'], ['process_instance.id'], name=op.f('fk_clock_pause_instance_id_process_instance'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_clock_pause'))
+    )
+    with op.batch_alter_table('clock_pause', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_clock_pause_instance_id'), ['instance_id'], unique=False)
+
     op.create_table('human_task',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('instance_id', sa.Integer(), nullable=False),
@@ -132,6 +154,7 @@ def upgrade() -> None:
     sa.Column('completed_by', sa.String(length=64), nullable=True),
     sa.Column('due_at', sa.DateTime(), nullable=True),
     sa.Column('light', sa.String(length=8), nullable=True),
+    sa.Column('extended_at', sa.DateTime(), nullable=True),
     sa.ForeignKeyConstraint(['instance_id'], ['process_instance.id'], name=op.f('fk_human_task_instance_id_process_instance'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_human_task')),
     sa.UniqueConstraint('task_guid', name=op.f('uq_human_task_task_guid'))
@@ -203,6 +226,10 @@ def downgrade() -> None:
         batch_op.drop_index('ix_human_task_assignee_status')
 
     op.drop_table('human_task')
+    with op.batch_alter_table('clock_pause', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_clock_pause_instance_id'))
+
+    op.drop_table('clock_pause')
     op.drop_table('user_department')
     with op.batch_alter_table('process_instance', schema=None) as batch_op:
         batch_op.drop_index('ix_process_instance_status_started')
