@@ -49,6 +49,7 @@ class _Case:
     events: list
     calendar: object = None
     completed_task: int | None = None
+    resumed: bool = False
 
     def event(self, type_: str, task_id: int | None = None, **data) -> None:
         self.events.append({"at": self.now, "actor": self.actor, "type": type_,
@@ -318,7 +319,12 @@ def _snapshot_for(conn, row: dict) -> Snapshot:
 def _step(case: _Case) -> None:
     try:
         with using_calendar(case.calendar):
-            case.workflow.do_engine_steps()
+            workflow = case.workflow
+            workflow.do_engine_steps()
+            # do_engine_steps checks timers only at its very end; a timer that fired there (a limit
+            # reached, 超时默许) has left READY engine tasks behind, so run until nothing is ready.
+            while any(not t.task_spec.manual for t in workflow.get_tasks(state=TaskState.READY)):
+                workflow.do_engine_steps()
     except WorkflowException as exc:
         task = getattr(exc, "task_spec", None) or getattr(getattr(exc, "task", None), "task_spec", None)
         element = getattr(task, "bpmn_id", None) or getattr(task, "name", None)
@@ -329,13 +335,13 @@ def _save(db: Database, conn, case: _Case, snapshot: Snapshot, first: bool = Fal
     """Persist the workflow and everything projected from it, in the caller's transaction."""
     workflow, row = case.workflow, case.row
     ready = {str(t.id): t for t in workflow.get_tasks(state=TaskState.READY, manual=True)}
-    resumed = _apply_clock(conn, case, ready)
+    _apply_clock(conn, case, ready)
     body = snapshot.encode()
     if first:
         conn.execute(workflow_state.insert().values(instance_id=row["id"], body=body))
     else:
         conn.execute(update(workflow_state).where(workflow_state.c.instance_id == row["id"]).values(body=body))
-    _sync_human_tasks(conn, case, ready, refresh_due=resumed)
+    _sync_human_tasks(conn, case, ready, refresh_due=case.resumed)
     _sync_timers(conn, case)
     revision = row["revision"] + 1
     values = {"revision": revision, "due_at": row["due_at"], "statutory_due_at": row["statutory_due_at"],
@@ -349,7 +355,7 @@ def _save(db: Database, conn, case: _Case, snapshot: Snapshot, first: bool = Fal
     audit.record_many(conn, case.events)
 
 
-def _apply_clock(conn, case: _Case, ready: dict) -> bool:
+def _apply_clock(conn, case: _Case, ready: dict) -> None:
     """Start or end automatic pauses (tasks marked clock=pause) and keep timers frozen while paused."""
     pausing = [t for t in ready.values() if _extensions(t.task_spec).get("clock") == "pause"]
     paused_since = case.row["paused_since"]
@@ -357,15 +363,12 @@ def _apply_clock(conn, case: _Case, ready: dict) -> bool:
         spec = pausing[0].task_spec
         _start_pause(conn, case, _extensions(spec).get("pauseKind") or "补正",
                      spec.bpmn_name or spec.bpmn_id, automatic=True)
-        return False
-    if paused_since is None:
-        return False
-    pause = _open_pause(conn, case.row["id"])
-    if pause is not None and pause.automatic and not pausing:
-        _end_pause(conn, case, pause)
-        return True
-    clock.freeze_timers(case.workflow, case.calendar, paused_since)  # timers born during the pause
-    return False
+    elif paused_since is not None:
+        pause = _open_pause(conn, case.row["id"])
+        if pause is not None and pause.automatic and not pausing:
+            _end_pause(conn, case, pause)
+        else:
+            clock.freeze_timers(case.workflow, case.calendar, paused_since)  # timers born during the pause
 
 
 def _start_pause(conn, case: _Case, kind: str, reason: str, automatic: bool, expected_workdays=None) -> None:
@@ -392,6 +395,7 @@ def _end_pause(conn, case: _Case, pause) -> None:
     case.row["due_at"] = clock.shift(calendar, case.row["due_at"], since, case.now)
     case.row["statutory_due_at"] = clock.shift(calendar, case.row["statutory_due_at"], since, case.now)
     case.row["paused_since"] = None
+    case.resumed = True
     case.event("clock_resumed", kind=pause.kind, paused_working_seconds=seconds, due_at=_iso(case.row["due_at"]))
 
 

@@ -57,6 +57,12 @@ def load_specs(definition_id: int, spec_json: str) -> Specs:
     return specs
 
 
+def forget_specs() -> None:
+    """Drop parsed specs (ids are only reused when a database is wiped, as tests do)."""
+    with _spec_lock:
+        _spec_cache.clear()
+
+
 def new_workflow(specs: Specs) -> BpmnWorkflow:
     return BpmnWorkflow(specs.spec, specs.subprocess_specs, script_engine=script_engine)
 

@@ -66,6 +66,7 @@ def database_template(tmp_path_factory):
 @pytest.fixture
 def db_config(database_template, tmp_path):
     snapshot.snapshots.clear()
+    snapshot.forget_specs()
     timekeeping.forget_cached_calendar()
     accounts.resolve_departments.cache_clear()
     if database_template["kind"] == "sqlite":
