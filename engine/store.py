@@ -109,6 +109,7 @@ process_instance = Table(
     Column("ended_at", UTCDateTime, nullable=True),
     Column("due_at", UTCDateTime, nullable=True),
     Column("statutory_due_at", UTCDateTime, nullable=True),
+    Column("statutory_exceeded_at", UTCDateTime, nullable=True),
     Column("light", String(8), nullable=True),
     Column("paused_since", UTCDateTime, nullable=True),
     Column("extended_at", UTCDateTime, nullable=True),

@@ -154,3 +154,29 @@ def test_extension_once_before_expiry(db, limits):
     with time_machine.travel(at("2026-10-20 10:00"), tick=False):
         with pytest.raises(Conflict):
             runtime.extend(db, lead, 1, "too late", instance_id=case["id"])
+
+
+def test_light_changes_are_recorded_once_each(db, limits):
+    from engine import lights
+    case = accept(db, limits, "2026-09-30 10:00")
+    with time_machine.travel(at("2026-10-08 10:00"), tick=False):
+        runtime.complete(db, only_task(db, limits["swj1"], "review_swj")["id"], limits["swj1"], {})
+        assert lights.sweep_lights(db) == 0
+    with time_machine.travel(at("2026-10-09 09:00"), tick=False):
+        assert lights.sweep_lights(db) == 1
+        assert lights.sweep_lights(db) == 0
+    with time_machine.travel(at("2026-10-09 17:31"), tick=False):
+        assert lights.sweep_lights(db) == 1
+    with time_machine.travel(at("2026-10-13 09:00"), tick=False):
+        assert lights.sweep_lights(db) == 1      # the case itself: yellow on its last working day
+    with time_machine.travel(at("2026-10-14 10:00"), tick=False):
+        assert lights.sweep_lights(db) == 1      # the case is late: red
+    with time_machine.travel(at("2026-11-03 17:29"), tick=False):
+        assert lights.sweep_lights(db) == 0
+    with time_machine.travel(at("2026-11-03 17:31"), tick=False):
+        # the 20th working day after 09-30 is 11-03 (10-10 is a 调休 Saturday): statutory limit exceeded
+        assert lights.sweep_lights(db) == 1
+    events = [(e["type"], e["task_id"] is not None) for e in worklist.get_instance(db, case["id"])["events"]
+              if e["type"].startswith(("task_y", "task_r", "case_y", "case_r", "statutory"))]
+    assert events == [("task_yellow", True), ("task_red", True), ("case_yellow", False), ("case_red", False),
+                      ("statutory_limit_exceeded", False)]

@@ -101,6 +101,7 @@ def upgrade() -> None:
     sa.Column('ended_at', sa.DateTime(), nullable=True),
     sa.Column('due_at', sa.DateTime(), nullable=True),
     sa.Column('statutory_due_at', sa.DateTime(), nullable=True),
+    sa.Column('statutory_exceeded_at', sa.DateTime(), nullable=True),
     sa.Column('light', sa.String(length=8), nullable=True),
     sa.Column('paused_since', sa.DateTime(), nullable=True),
     sa.Column('extended_at', sa.DateTime(), nullable=True),
