@@ -16,9 +16,16 @@ from .store import Database, app_user, department, user_department
 
 ROLES = ("clerk", "window", "lead", "supervisor", "designer", "admin")
 _KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_hasher = PasswordHasher()
-# Verified against when the user does not exist, so both failures cost the same time.
-_DUMMY_HASH = _hasher.hash("no such user")
+_hashers: dict[tuple[int, int, int], tuple[PasswordHasher, str]] = {}
+
+
+def _hasher(db: Database) -> tuple[PasswordHasher, str]:
+    """The configured argon2id hasher, and a hash to verify against when a user does not exist."""
+    key = (db.config.password_time_cost, db.config.password_memory_kib, db.config.password_parallelism)
+    if key not in _hashers:
+        hasher = PasswordHasher(time_cost=key[0], memory_cost=key[1], parallelism=key[2])
+        _hashers[key] = (hasher, hasher.hash("no such user"))
+    return _hashers[key]
 
 
 @dataclass(frozen=True)
@@ -90,7 +97,7 @@ def create_user(db: Database, username: str, password: str, name: str | None = N
         if conn.execute(select(app_user.c.id).where(app_user.c.username == username)).first():
             raise Conflict(f"user {username!r} already exists")
         user_id = conn.execute(app_user.insert().values(
-            username=username, name=name or username, password_hash=_hasher.hash(password),
+            username=username, name=name or username, password_hash=_hasher(db)[0].hash(password),
             roles=",".join(roles), active=True, created_at=db.config.now())).inserted_primary_key[0]
         if departments:
             conn.execute(user_department.insert(), [{"user_id": user_id, "department_key": d} for d in departments])
@@ -110,7 +117,7 @@ def set_password(db: Database, username: str, password: str, actor: str | None =
 
     def update(conn):
         changed = conn.execute(app_user.update().where(app_user.c.username == username)
-                               .values(password_hash=_hasher.hash(password))).rowcount
+                               .values(password_hash=_hasher(db)[0].hash(password))).rowcount
         if not changed:
             raise NotFound(f"no user {username!r}")
         audit.record(conn, db.config.now(), actor, "password_set", data={"username": username})
@@ -122,9 +129,11 @@ def authenticate(db: Database, username: str, password: str) -> User:
     """The same error, after the same work, whether the user is unknown or the password wrong."""
     with db.read() as conn:
         row = conn.execute(select(app_user).where(app_user.c.username == str(username or ""))).mappings().first()
-    stored = row["password_hash"] if row is not None and row["active"] else _DUMMY_HASH
+    hasher, dummy_hash = _hasher(db)
+    # Unknown users are checked against a dummy hash so both failures cost the same time.
+    stored = row["password_hash"] if row is not None and row["active"] else dummy_hash
     try:
-        _hasher.verify(stored, str(password or ""))
+        hasher.verify(stored, str(password or ""))
     except (VerificationError, InvalidHashError):
         raise AuthenticationFailed("wrong username or password") from None
     if row is None or not row["active"]:

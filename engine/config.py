@@ -25,6 +25,10 @@ class Config:
     token_max_age_seconds: int = 8 * 3600
     sweep_interval_seconds: float = 2.0
     sweep_batch_size: int = 200
+    # argon2id cost; production keeps argon2-cffi's recommended profile, tests choose a cheap one.
+    password_time_cost: int = 3
+    password_memory_kib: int = 65536
+    password_parallelism: int = 4
     office_hours: str = "09:00-12:00,13:30-17:30"
     timezone: str = "Asia/Shanghai"
 

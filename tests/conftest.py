@@ -14,6 +14,8 @@ from engine.config import Config, normalise_database_url
 from engine.store import Database, metadata
 
 REPO = Path(__file__).resolve().parent.parent
+# argon2id at its cheapest: tests create many users; production keeps the recommended cost.
+CHEAP_PASSWORDS = {"password_time_cost": 1, "password_memory_kib": 64, "password_parallelism": 1}
 PG_URL = normalise_database_url(os.environ.get("DATABASE_URL", "")) if os.environ.get(
     "DATABASE_URL", "").startswith("postgres") else None
 
@@ -72,7 +74,7 @@ def db_config(database_template, tmp_path):
     if database_template["kind"] == "sqlite":
         path = tmp_path / "approvals.sqlite3"
         shutil.copy(database_template["path"], path)
-        return Config(database_url=f"sqlite:///{path}", secret_key="test-secret")
+        return Config(database_url=f"sqlite:///{path}", secret_key="test-secret", **CHEAP_PASSWORDS)
     url = database_template["url"]
     engine = create_engine(url)
     tables = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
@@ -81,7 +83,7 @@ def db_config(database_template, tmp_path):
         conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
         conn.execute(text("ALTER TABLE audit_event ENABLE TRIGGER USER"))
     engine.dispose()
-    return Config(database_url=url, secret_key="test-secret")
+    return Config(database_url=url, secret_key="test-secret", **CHEAP_PASSWORDS)
 
 
 @pytest.fixture
