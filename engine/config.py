@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import os
-import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -18,7 +17,8 @@ def system_clock() -> datetime:
 @dataclass
 class Config:
     database_url: str = f"sqlite:///{DEFAULT_SQLITE_PATH}"
-    secret_key: str = field(default_factory=lambda: secrets.token_hex(32))
+    # Empty: the web app takes the key stored in the database, so every process signs alike.
+    secret_key: str = ""
     # Injected so that tests and the timer sweep agree on "now" without patching.
     clock: Callable[[], datetime] = system_clock
     max_upload_bytes: int = 5 * 1024 * 1024

@@ -83,7 +83,8 @@ def start_case(db: Database, key: str, data: dict | None = None, actor: str | No
         )).inserted_primary_key[0]
         row = {"id": instance_id, "definition_id": definition.id, "revision": 0, "status": "running",
                "case_no": case_no, "paused_since": None, "due_at": committed.at if committed else None,
-               "statutory_due_at": statutory.at if statutory else None}
+               "statutory_due_at": statutory.at if statutory else None, "applicant": _applicant(data),
+               "extended_at": None}
         workflow = new_workflow(load_specs(definition.id, definition.spec_json))
         workflow.task_tree.data.update(data)
         case = _Case(row, workflow, now, actor, [], calendar)
@@ -133,6 +134,9 @@ def complete(db: Database, task_id: int, user: User, data: dict | None = None) -
         spiff_task.run()
         conn.execute(update(human_task).where(human_task.c.id == task_id).values(
             status="completed", completed_at=case.now, completed_by=user.username, assignee=user.username))
+        if not case.row.get("applicant") and _applicant(values):
+            # The applicant is usually typed at the window's intake form, not known at start.
+            case.row["applicant"] = _applicant(values)
         case.completed_task = task_id
         case.event("task_completed", task_id, bpmn_id=task_row["bpmn_id"], values=values)
     return _task_action(db, task_id, user, do, steps=True)
@@ -345,7 +349,8 @@ def _save(db: Database, conn, case: _Case, snapshot: Snapshot, first: bool = Fal
     _sync_timers(conn, case)
     revision = row["revision"] + 1
     values = {"revision": revision, "due_at": row["due_at"], "statutory_due_at": row["statutory_due_at"],
-              "paused_since": row["paused_since"], "extended_at": row.get("extended_at")}
+              "paused_since": row["paused_since"], "extended_at": row.get("extended_at"),
+              "applicant": row.get("applicant")}
     if workflow.completed and row["status"] == "running":
         row["status"] = "completed" if workflow.success else "terminated"
         values.update(status=row["status"], ended_at=case.now)

@@ -218,3 +218,12 @@ def _case_data(db, instance_id):
     task = [t for t in workflow.get_tasks() if t.task_spec.bpmn_id == "handover"][0]
     assert handover["status"] == "open"
     return task.data
+
+
+def test_applicant_typed_at_intake_becomes_the_cases_applicant(db, flow):
+    case = runtime.start_case(db, "parallel_review", {}, "window1")
+    assert worklist.get_instance(db, case["id"])["applicant"] is None
+    intake = task_named(db, flow["window1"], "intake", case["id"])
+    runtime.complete(db, intake["id"], flow["window1"], {"applicant": "杭州某某贸易有限公司"})
+    assert worklist.get_instance(db, case["id"])["applicant"] == "杭州某某贸易有限公司"
+    assert task_named(db, flow["gaj1"], "review_gaj")["applicant"] == "杭州某某贸易有限公司"
