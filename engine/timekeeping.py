@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import date, datetime, timezone
+from datetime import date, datetime
 from pathlib import Path
 
 import yaml
@@ -103,9 +103,14 @@ def load_schedule(db: Database, text: str, source: str = "schedule", actor: str 
             "workdays": sum(1 for w, _ in days.values() if w)}
 
 
-def set_day(db: Database, day: date, workday: bool, holiday_name: str | None = None,
+def set_day(db: Database, day: date | str, workday: bool, holiday_name: str | None = None,
             note: str | None = None, actor: str | None = None) -> None:
     """A local adjustment of one day (e.g. a city's extra closure)."""
+    try:
+        day = _as_date(day)
+    except ValueError:
+        raise InvalidInput(Problem(f"not a date like 2026-10-01: {day!r}", field="date")) from None
+
     def store(conn):
         conn.execute(delete(calendar_day).where(calendar_day.c.day == day))
         conn.execute(calendar_day.insert().values(day=day, workday=workday, holiday_name=holiday_name, note=note))
@@ -116,13 +121,55 @@ def set_day(db: Database, day: date, workday: bool, holiday_name: str | None = N
     forget_cached_calendar()
 
 
+def deadline(db: Database, start: str, workdays: str | None = None, workhours: str | None = None) -> dict:
+    """A deadline on the calendar in force, from request-style text; bad input names the field."""
+    problems = []
+    try:
+        moment = datetime.fromisoformat(start or "")
+        if moment.tzinfo is None:
+            problems.append(Problem("start needs a UTC offset, e.g. 2026-09-30T10:00:00+08:00", field="start"))
+    except ValueError:
+        problems.append(Problem(f"start must be an ISO-8601 date-time, got {start!r}", field="start"))
+    if (workdays is None) == (workhours is None):
+        problems.append(Problem("give exactly one of workdays or workhours", field="workdays"))
+    amount = None
+    try:
+        amount = int(workdays) if workdays is not None else float(workhours) if workhours is not None else None
+        if amount is not None and not 0 <= amount <= 100000:
+            raise ValueError
+    except ValueError:
+        field = "workdays" if workdays is not None else "workhours"
+        problems.append(Problem(f"{field} must be a non-negative {'whole ' if field == 'workdays' else ''}number",
+                                field=field))
+    if problems:
+        raise InvalidInput(problems)
+    calendar = calendar_for(db)
+    result = calendar.add_workdays(moment, amount) if workdays is not None else calendar.add_workhours(moment, amount)
+    return {"deadline": result.at.isoformat(), "provisional": result.provisional}
+
+
+def day(db: Database, text: str) -> dict:
+    try:
+        info = calendar_for(db).day(date.fromisoformat(text))
+    except ValueError:
+        raise InvalidInput(Problem(f"not a date like 2026-10-01: {text!r}", field="date")) from None
+    return {"date": info.date.isoformat(), "workday": info.workday, "holiday_name": info.holiday_name,
+            "provisional": info.provisional}
+
+
+def coverage(db: Database) -> dict:
+    """Which years the calendar knows for certain; deadlines beyond them are provisional."""
+    calendar = calendar_for(db)
+    with db.read() as conn:
+        loaded = [{"year": r.year, "loaded_at": r.loaded_at.isoformat(), "source": r.source}
+                  for r in conn.execute(select(calendar_year).order_by(calendar_year.c.year))]
+    return {"covered_years": calendar.covered_years(), "loaded_years": loaded,
+            "office_hours": db.config.office_hours, "timezone": db.config.timezone}
+
+
 def _as_date(value) -> date:
     if isinstance(value, datetime):
         return value.date()
     if isinstance(value, date):
         return value
     return date.fromisoformat(str(value))
-
-
-def utc(moment: datetime) -> datetime:
-    return moment.astimezone(timezone.utc)

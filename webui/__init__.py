@@ -13,6 +13,7 @@ from . import errors
 from .api import api
 from .auth import DB_EXTENSION
 from .pages import pages
+from .time_api import time_api
 
 # A deployment upload may carry several diagrams and their guides, each up to max_upload_bytes.
 UPLOAD_FILES = 8
@@ -43,6 +44,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.json.ensure_ascii = False  # Chinese names stay readable in responses
     app.extensions[DB_EXTENSION] = db
     app.register_blueprint(api)
+    app.register_blueprint(time_api)
     app.register_blueprint(pages)
     errors.register(app)
     return app

@@ -259,6 +259,66 @@ PATHS = {
         "completes it.", body=_json_body(_ref("CompleteTask"), required=False)),
 }
 
+_INSTANCE_ID = _path_id("instance_id", "case id")
+_DAY = {"name": "day", "in": "path", "required": True, "schema": {"type": "string", "format": "date"}}
+_DEADLINE = _object({"deadline": _string(format="date-time"), "provisional": {"type": "boolean"}},
+                    ["deadline", "provisional"])
+_DAY_INFO = _object({"date": _string(format="date"), "workday": {"type": "boolean"},
+                     "holiday_name": _string(True), "provisional": {"type": "boolean"}},
+                    ["date", "workday", "holiday_name", "provisional"])
+_EXTEND = _json_body(_object({"workdays": _integer(minimum=1, maximum=60), "reason": _string()},
+                             ["workdays", "reason"]))
+_CHANGE_ERRORS = {"403": _error("Forbidden"), "404": _error("NotFound"), "409": _error("Conflict"),
+                  "422": _error("Invalid")}
+
+PATHS.update({
+    "/api/calendar": {"get": _op("getCalendar", "Years the working-day calendar covers, office hours", {
+        "200": _json({"type": "object"}, "covered_years (package + loaded), loaded_years, office_hours")},
+        tag="calendar")},
+    "/api/calendar/deadline": {"get": _op(
+        "getDeadline", "Deadline of a limit in working days or hours on the calendar in force", {
+            "200": _json(_DEADLINE, "the deadline; provisional when it relies on an unloaded year"),
+            "422": _error("Invalid")}, tag="calendar", parameters=[
+            {"name": "start", "in": "query", "required": True, "schema": _string(format="date-time")},
+            {"name": "workdays", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+            {"name": "workhours", "in": "query", "schema": {"type": "number", "minimum": 0}}],
+        description="Working days end at close of business of the N-th working day after the start day; "
+                    "working hours count office hours from the start moment.")},
+    "/api/calendar/days/{day}": {
+        "get": _op("getCalendarDay", "Whether a day is a working day (holidays and 调休 included)", {
+            "200": _json(_DAY_INFO, "the day"), "422": _error("Invalid")}, tag="calendar", parameters=[_DAY]),
+        "put": _op("setCalendarDay", "Local adjustment of one day (admin)", {
+            "200": _json(_DAY_INFO, "the day as now counted"), "403": _error("Forbidden"), "422": _error("Invalid")},
+            tag="calendar", parameters=[_DAY], body=_json_body(_object({
+                "workday": {"type": "boolean"}, "holiday_name": _string(True), "note": _string(True)},
+                ["workday"]))),
+    },
+    "/api/calendar/schedules": {"post": _op(
+        "loadSchedule", "Load a year's State Council schedule (admin): YAML as multipart `file` or JSON `schedule`", {
+            "201": _json(_object({"year": _integer(), "holidays": _integer(), "workdays": _integer()}), "loaded"),
+            "403": _error("Forbidden"), "422": _error("Invalid")}, tag="calendar",
+        body={"required": True, "content": {
+            "application/json": {"schema": _object({"schedule": _string()}, ["schedule"])},
+            "multipart/form-data": {"schema": _object({"file": _string(format="binary")}, ["file"])}}},
+        description="YAML: `year: 2027`, `holidays:` (dates or {from, to, name}), `workdays:` (调休 days).")},
+    "/api/instances/{instance_id}/pause": {"post": _op(
+        "pauseCase", "Stop the case clock for 补正 or a 特别程序 (window, lead, supervisor, admin)", {
+            "200": _json({"type": "object"}, "paused"), **_CHANGE_ERRORS}, tag="cases", parameters=[_INSTANCE_ID],
+        body=_json_body(_object({"kind": _string(), "reason": _string(), "expected_workdays": _integer(True)},
+                                ["kind", "reason"])))},
+    "/api/instances/{instance_id}/resume": {"post": _op(
+        "resumeCase", "Restart the clock; pending deadlines move by the paused working time", {
+            "200": _json({"type": "object"}, "resumed"), **_CHANGE_ERRORS}, tag="cases", parameters=[_INSTANCE_ID])},
+    "/api/instances/{instance_id}/extend": {"post": _op(
+        "extendCase", "延期: extend the case's committed limit once, before it expires (lead, supervisor, admin)", {
+            "200": _json({"type": "object"}, "extended"), **_CHANGE_ERRORS}, tag="cases",
+        parameters=[_INSTANCE_ID], body=_EXTEND)},
+    "/api/tasks/{task_id}/extend": {"post": _op(
+        "extendTask", "延期: extend a task's limit once, before it expires (lead, supervisor, admin)", {
+            "200": _json({"type": "object"}, "extended"), **_CHANGE_ERRORS}, tag="tasks",
+        parameters=[_TASK_ID], body=_EXTEND)},
+})
+
 
 def document() -> dict:
     return {
@@ -269,7 +329,7 @@ def document() -> dict:
             "description": "Deploy BPMN flows, start cases and work their tasks. Authenticate with "
                            "POST /api/token, then send 'Authorization: Bearer <token>'.",
         },
-        "tags": [{"name": name} for name in ("auth", "admin", "deployments", "processes", "cases", "tasks", "meta")],
+        "tags": [{"name": name} for name in ("auth", "admin", "deployments", "processes", "cases", "tasks", "calendar", "meta")],
         "security": [{"bearerAuth": []}],
         "paths": PATHS,
         "components": {
