@@ -1,7 +1,10 @@
 """The BPMN dialect we accept: hardened XML parsing plus Camunda Modeler extensions on top of SpiffWorkflow."""
 from __future__ import annotations
 
+import codecs
 import re
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from lxml import etree
 from SpiffWorkflow.bpmn.parser.BpmnParser import full_tag
@@ -17,6 +20,19 @@ from SpiffWorkflow.bpmn.specs.defaults import BoundaryEvent, IntermediateCatchEv
 
 BPMN_NS = "http://www.omg.org/spec/BPMN/20100524/MODEL"
 CAMUNDA = "{%s}" % CAMUNDA_MODEL_NS
+# Flowable and Activiti write the same candidateGroups attribute as Camunda 7, in their own namespaces;
+# Camunda 8 writes it on zeebe:assignmentDefinition. Honouring them keeps such tasks in their department.
+_FOREIGN_CANDIDATE_GROUPS = ("{http://flowable.org/bpmn}candidateGroups", "{http://activiti.org/bpmn}candidateGroups")
+_ZEEBE_ASSIGNMENT = "{http://camunda.org/schema/zeebe/1.0}assignmentDefinition"
+_GROUP_VARIABLE = re.compile(r"^\$\{\s*[A-Za-z_]\w*\s*\}$")  # as engine.runtime resolves it
+# Modelers write date-times without an offset meaning office time, not UTC.
+LOCAL_TZ = ZoneInfo("Asia/Shanghai")
+_NAIVE_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?$")
+# Text a designer meant as an ISO-8601 literal but got wrong (PT, P1Y2X, 2026-1-5): Python would
+# accept several of these (a bare name, a subtraction) and the case would fail only when it runs.
+_ISO_ATTEMPT = re.compile(r"^((R\d*/)?P((T|\d)[0-9A-Z.,]*)?|\d{4}-\d{1,2}-\d{1,2}\S*)$")
+_DTD = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
+_DECLARED_ENCODING = re.compile(rb"^\s*<\?xml[^>]*encoding\s*=\s*[\"']([A-Za-z0-9._:-]+)[\"']")
 
 # ISO-8601 durations (P2D, PT15S), repeating intervals (R3/PT1H) and date-times, as modelers write them.
 _ISO_LITERAL = re.compile(
@@ -46,7 +62,12 @@ def parse_xml(data: bytes, max_bytes: int) -> etree._ElementTree:
     try:
         root = etree.fromstring(data, parser)
     except etree.XMLSyntaxError as exc:
-        raise XmlRefused(f"not well-formed XML: {exc.msg}", getattr(exc, "lineno", None)) from None
+        line = getattr(exc, "lineno", None)
+        # libxml2 stops on the first entity it will not expand; name the real reason instead.
+        if _DTD.search(data.replace(b"\0", b"")):
+            raise XmlRefused("DOCTYPE and ENTITY declarations are not allowed in BPMN files", line) from None
+        hint = _encoding_hint(data)
+        raise XmlRefused(f"not well-formed XML: {exc.msg.strip()}{hint}", line) from None
     except ValueError as exc:
         raise XmlRefused(f"not readable as XML: {exc}") from None
     docinfo = root.getroottree().docinfo
@@ -54,6 +75,36 @@ def parse_xml(data: bytes, max_bytes: int) -> etree._ElementTree:
     if docinfo.doctype or docinfo.internalDTD is not None:
         raise XmlRefused("DOCTYPE and ENTITY declarations are not allowed in BPMN files", 1)
     return etree.ElementTree(root)
+
+
+def _encoding_hint(data: bytes) -> str:
+    """A sentence for files whose bytes do not match the encoding their XML declaration names."""
+    match = _DECLARED_ENCODING.match(data)
+    if match is None:
+        return ""
+    declared = match.group(1).decode("ascii")
+    try:
+        codecs.lookup(declared)
+    except LookupError:
+        return f" (the XML declaration names encoding \"{declared}\", which does not exist; use UTF-8)"
+    try:
+        readable = data.decode(declared).lstrip("\ufeff").lstrip().startswith("<")
+    except UnicodeDecodeError:
+        readable = False
+    if not readable:
+        return (f" (the XML declaration says encoding=\"{declared}\", but the file is not in that encoding; "
+                f"save it as UTF-8 or correct the declaration)")
+    return ""
+
+
+def document_text(tree: etree._ElementTree, data: bytes) -> str:
+    """The file as text, decoded with the encoding the parser used (GBK and UTF-16 files exist)."""
+    encoding = tree.docinfo.encoding or "utf-8"
+    try:
+        text = data.decode(encoding)
+    except (LookupError, UnicodeDecodeError):
+        text = data.decode("utf-8", "replace")
+    return text.lstrip("\ufeff")
 
 
 def iso_literal(expression: str | None) -> bool:
@@ -85,7 +136,14 @@ class _TimerLiteralMixin:
             except Exception as exc:
                 raise ValidationException(f"Invalid ISO-8601 timer value {raw!r}: {exc}",
                                           node=self.node, file_name=self.filename) from None
+            if _NAIVE_DATETIME.match(raw):
+                raw = _as_local(raw)
             definition.expression = repr(raw)
+        elif _ISO_ATTEMPT.match(raw):
+            raise ValidationException(
+                f"Invalid ISO-8601 timer value {raw!r}: write a duration like PT15S or P2D, a cycle like "
+                f"R3/PT10M, a date-time like 2026-12-01T09:00:00+08:00, or workdays(n) / workhours(h)",
+                node=self.node, file_name=self.filename)
         else:
             try:
                 compile(raw, "<timer>", "eval")
@@ -94,6 +152,12 @@ class _TimerLiteralMixin:
                     f"Timer value {raw!r} is neither an ISO-8601 literal nor a valid expression: {exc.msg}",
                     node=self.node, file_name=self.filename) from None
         return definition
+
+
+def _as_local(raw: str) -> str:
+    """`2026-12-01T09:00` in a diagram means nine o'clock at the service centre."""
+    moment = datetime.fromisoformat(raw).replace(tzinfo=LOCAL_TZ)
+    return moment.isoformat()
 
 
 class _StartEventParser(_TimerLiteralMixin, CamundaStartEventParser):
@@ -117,7 +181,28 @@ class _UserTaskParser(UserTaskParser):
             value = self.node.get(CAMUNDA + attribute)
             if value:
                 extensions["camunda:" + attribute] = value
+        groups = extensions.get("camunda:candidateGroups") or self._foreign_candidate_groups()
+        if groups:
+            # The runtime resolves plain names and `${variable}`; anything else would name no department.
+            for group in groups.split(","):
+                group = group.strip()
+                if group.startswith(("${", "#{", "=")) and not _GROUP_VARIABLE.match(group):
+                    raise ValidationException(
+                        f"candidate groups {groups!r} contains the expression {group!r}; list department keys "
+                        f"or names separated by commas, e.g. gaj, swj, or one task variable as ${{department}}",
+                        node=self.node, file_name=self.filename)
+            extensions["camunda:candidateGroups"] = groups
         return extensions
+
+    def _foreign_candidate_groups(self) -> str | None:
+        for attribute in _FOREIGN_CANDIDATE_GROUPS:
+            if self.node.get(attribute):
+                return self.node.get(attribute)
+        for extensions in self.node.iterchildren("{%s}extensionElements" % BPMN_NS):
+            for assignment in extensions.iterchildren(_ZEEBE_ASSIGNMENT):
+                if assignment.get("candidateGroups"):
+                    return assignment.get("candidateGroups")
+        return None
 
 
 class ApprovalsParser(CamundaParser):

@@ -6,18 +6,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lxml import etree
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from SpiffWorkflow.bpmn.parser.ValidationException import ValidationException
 
 from . import audit, guides
-from .bpmn import BPMN_NS, CAMUNDA, ApprovalsParser, XmlRefused, parse_xml
+from .bpmn import BPMN_NS, CAMUNDA, ApprovalsParser, XmlRefused, document_text, parse_xml
 from .errors import DeploymentInvalid, Problem
 from .forms import check_form_definition
 from .snapshot import dump_specs
 from .store import Database, process_definition
 
-BPMN_SUFFIXES = (".bpmn", ".bpmn20.xml", ".xml")
+# .bpmn2 is what jBPM and the Eclipse BPMN2 Modeler save.
+BPMN_SUFFIXES = (".bpmn", ".bpmn2", ".bpmn20.xml", ".xml")
 _B = "{%s}" % BPMN_NS
 # Elements SpiffWorkflow would accept but cannot run here without code we do not allow in diagrams.
 UNSUPPORTED = {
@@ -26,6 +27,7 @@ UNSUPPORTED = {
     "businessRuleTask": "business rule (DMN) tasks are not supported",
     "adHocSubProcess": "ad-hoc sub-processes are not supported",
 }
+_MAX_KEY = 255  # process_definition.key / name columns
 
 
 @dataclass
@@ -84,6 +86,12 @@ def deploy(db: Database, sources: list[SourceFile], deployed_by: str | None = No
     candidates = _validate(sources, db.config.max_upload_bytes)
 
     def store(conn):
+        if not db.is_sqlite:
+            # SQLite's BEGIN IMMEDIATE already serialises deploys; on PostgreSQL two deploys of one key
+            # would both read version N and race for N+1, so take a per-key lock (sorted: no deadlock).
+            for key in sorted({c.key for c in candidates}):
+                conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('approvals.deploy'), hashtext(:key))"),
+                             {"key": key})
         results = []
         for candidate in candidates:
             results.append(_store_version(conn, candidate, deployed_by, db.config.now()))
@@ -112,7 +120,7 @@ def _store_version(conn, candidate: _Candidate, deployed_by, now) -> DeployedVer
         return DeployedVersion(latest.id, candidate.key, latest.version, candidate.name, created=False)
     version = (latest.version if latest else 0) + 1
     new_id = conn.execute(process_definition.insert().values(
-        key=candidate.key, version=version, name=candidate.name, source_name=Path(candidate.source.name).name,
+        key=candidate.key, version=version, name=candidate.name, source_name=Path(candidate.source.name).name[:255],
         sha256=candidate.sha256, bpmn_xml=candidate.xml, spec_json=candidate.spec_json,
         properties=candidate.properties, guide=candidate.guide, status="active",
         deployed_by=deployed_by, deployed_at=now,
@@ -129,6 +137,7 @@ def _validate(sources: list[SourceFile], max_bytes: int) -> list[_Candidate]:
     problems: list[Problem] = []
     parser = ApprovalsParser()
     documents = []
+    trees = {}
     for source in sources:
         try:
             tree = parse_xml(source.data, max_bytes)
@@ -142,14 +151,18 @@ def _validate(sources: list[SourceFile], max_bytes: int) -> list[_Candidate]:
         try:
             parser.add_bpmn_xml(tree, source.name)
         except ValidationException as exc:
-            problems.append(_from_validation(exc, tree, source.name))
+            problems.append(_from_validation(exc, {source.name: tree}, source.name))
             continue
         except Exception as exc:  # SpiffWorkflow raises assorted errors on odd input; report, never crash
             problems.append(Problem(f"SpiffWorkflow could not read this file: {exc}", file=source.name))
             continue
         documents.append((source, tree))
+        trees[source.name] = tree
+    if not problems:
+        problems.extend(_check_called_processes(documents, parser))
     if problems:
         raise DeploymentInvalid(problems)
+    by_name = {source.name: source for source, _tree in documents}
 
     candidates = []
     for source, tree in documents:
@@ -169,7 +182,7 @@ def _validate(sources: list[SourceFile], max_bytes: int) -> list[_Candidate]:
                 subprocess_specs = parser.get_subprocess_specs(key)
                 spec_json = dump_specs(spec, subprocess_specs)
             except ValidationException as exc:
-                problems.append(_from_validation(exc, tree, source.name))
+                problems.append(_from_validation(exc, trees, source.name))
                 continue
             except Exception as exc:
                 problems.append(Problem(f"SpiffWorkflow refused process {key!r}: {exc}",
@@ -178,8 +191,13 @@ def _validate(sources: list[SourceFile], max_bytes: int) -> list[_Candidate]:
             if guide is not None:
                 problems.extend(guides.check_against(guide, [spec, *subprocess_specs.values()], source.guide.name))
             digest = hashlib.sha256(source.data + b"\0" + (source.guide.data if source.guide else b""))
+            # A called process from another file is compiled into this version, so a change there
+            # must make a new version here too.
+            for called_file in sorted({parser.process_parsers[name].filename for name in subprocess_specs}
+                                      - {source.name}):
+                digest.update(b"\0" + called_file.encode() + b"\0" + by_name[called_file].data)
             candidates.append(_Candidate(
-                key=key, name=process.get("name"), source=source, xml=source.data.decode("utf-8", "replace"),
+                key=key, name=process.get("name"), source=source, xml=document_text(tree, source.data),
                 sha256=digest.hexdigest(), spec_json=spec_json, properties=_process_properties(process),
                 guide=guide,
             ))
@@ -201,18 +219,29 @@ def _check_document(tree, filename: str) -> list[Problem]:
     if not executable:
         return [Problem(f"process {p.get('id')!r} is not executable; set isExecutable=\"true\" to deploy it",
                         file=filename, element_id=p.get("id"), line=p.sourceline) for p in processes]
-    problems = []
+    problems = _check_ids(root, filename)
+    assigned = set()
     for process in executable:
         if not process.get("id"):
             problems.append(Problem("a process has no id", file=filename, line=process.sourceline))
+        elif len(process.get("id")) > _MAX_KEY or len(process.get("name") or "") > _MAX_KEY:
+            problems.append(_at(process, filename, f"the process id and name must be at most {_MAX_KEY} characters"))
+        problems.extend(_check_references(process, filename))
         for element in process.iter():
             if not isinstance(element.tag, str):
                 continue
             qname = etree.QName(element)
             if qname.namespace == BPMN_NS and qname.localname in UNSUPPORTED:
                 problems.append(_at(element, filename, UNSUPPORTED[qname.localname]))
+            elif element.tag in (_B + "dataInputAssociation", _B + "dataOutputAssociation"):
+                owner = element.getparent()
+                if element.find(_B + "assignment") is not None and owner not in assigned:
+                    assigned.add(owner)
+                    problems.append(_at(owner, filename,
+                                        "data assignments (jBPM-style TaskName/GroupId inputs) are not supported; "
+                                        "use lanes or camunda:candidateGroups, and task data for values"))
             elif element.tag == _B + "conditionExpression":
-                problems.extend(_check_python(element, filename, "condition", "eval"))
+                problems.extend(_check_condition(element, filename))
             elif element.tag == _B + "script":
                 problems.extend(_check_script(element, filename))
             elif element.tag == CAMUNDA + "formData":
@@ -221,18 +250,100 @@ def _check_document(tree, filename: str) -> list[Problem]:
     return problems
 
 
+def _check_ids(root, filename: str) -> list[Problem]:
+    """Element ids must be unique: SpiffWorkflow would silently keep one of two same-id tasks."""
+    seen: dict[str, object] = {}
+    problems = []
+    for element in root.iter(_B + "*"):
+        element_id = element.get("id")
+        if not element_id:
+            continue
+        if element_id in seen:
+            problems.append(_at(element, filename, f"id {element_id!r} is used twice (first on line "
+                                                   f"{seen[element_id].sourceline}); ids must be unique"))
+        else:
+            seen[element_id] = element
+    return problems
+
+
+def _check_references(process, filename: str) -> list[Problem]:
+    """Sequence flows and boundary events must point at elements of their own (sub-)process."""
+    problems = []
+    containers = [process, *process.iter(_B + "subProcess", _B + "transaction")]
+    for container in containers:
+        local = {child.get("id") for child in container if isinstance(child.tag, str) and child.get("id")}
+        for flow in container.iterchildren(_B + "sequenceFlow"):
+            for attribute in ("sourceRef", "targetRef"):
+                ref = flow.get(attribute)
+                if not ref:
+                    problems.append(_at(flow, filename, f"sequence flow {flow.get('id')!r} has no {attribute}"))
+                elif ref not in local:
+                    problems.append(_at(flow, filename, f"sequence flow {flow.get('id')!r} has {attribute}={ref!r}, "
+                                                        f"which is not an element of the same (sub-)process"))
+        for event in container.iterchildren(_B + "boundaryEvent"):
+            if event.get("attachedToRef") not in local:
+                problems.append(_at(event, filename, f"boundary event {event.get('id')!r} is attached to "
+                                                     f"{event.get('attachedToRef')!r}, which is not an activity "
+                                                     f"of the same (sub-)process"))
+    return problems
+
+
+def _check_called_processes(documents, parser) -> list[Problem]:
+    """Every call activity must call a process deployed in the same upload (by id)."""
+    problems = []
+    for source, tree in documents:
+        for process in tree.getroot().iter(_B + "process"):
+            if process.get("isExecutable") != "true":
+                continue
+            for call in process.iter(_B + "callActivity"):
+                called = (call.get("calledElement") or "").strip()
+                if not called:
+                    problems.append(_at(call, source.name, "the call activity does not name the process it calls "
+                                                           "(calledElement)"))
+                elif called not in parser.process_parsers:
+                    problems.append(_at(call, source.name, f"the call activity calls process {called!r}, which is "
+                                                           f"not in this deployment; deploy its file together "
+                                                           f"with this one"))
+    return problems
+
+
+_PYTHON_LANGUAGES = ("", "python", "py", "python3", "text/x-python", "text/python")
+
+
+def _check_condition(element, filename: str) -> list[Problem]:
+    language = (element.get("language") or "").strip()
+    if language.lower() not in _PYTHON_LANGUAGES:
+        return [_at(element.getparent(), filename, f"the condition is written in {language!r}; conditions are "
+                                                   f"Python expressions, e.g. amount > 100")]
+    return _check_python(element, filename, "condition", "eval")
+
+
 def _check_python(element, filename: str, what: str, mode: str) -> list[Problem]:
     text = (element.text or "").strip()
     owner = element.getparent()
     if not text:
         return [_at(owner, filename, f"the {what} is empty")]
     if text.startswith(("${", "#{")):
-        return [_at(owner, filename, f"the {what} {text!r} is a JUEL expression; write it in Python, e.g. amount > 100")]
+        inner = text[2:-1].strip() if text.endswith("}") else ""
+        example = inner if inner and _compiles(inner, mode) else "amount > 100"
+        return [_at(owner, filename, f"the {what} {text!r} is a JUEL expression; write it in Python, e.g. {example}")]
+    if text.startswith("=") and what == "condition":
+        example = text[1:].strip() if _compiles(text[1:].strip(), mode) else "amount > 100"
+        return [_at(owner, filename, f"the {what} {text!r} is a FEEL expression (Camunda 8); write it in Python, "
+                                     f"e.g. {example}")]
     try:
         compile(text, f"<{what}>", mode)
     except SyntaxError as exc:
         return [_at(owner, filename, f"the {what} {text!r} is not valid Python: {exc.msg}")]
     return []
+
+
+def _compiles(text: str, mode: str) -> bool:
+    try:
+        compile(text, "<expression>", mode)
+    except (SyntaxError, ValueError):
+        return False
+    return True
 
 
 def _check_script(element, filename: str) -> list[Problem]:
@@ -247,14 +358,16 @@ def _at(element, filename: str, message: str) -> Problem:
     return Problem(message, file=filename, element_id=element.get("id"), line=element.sourceline)
 
 
-def _from_validation(exc: ValidationException, tree, filename: str) -> Problem:
+def _from_validation(exc: ValidationException, trees: dict, filename: str) -> Problem:
     element_id = getattr(exc, "id", None) or None
+    filename = getattr(exc, "file_name", None) or filename
     line = None
-    if element_id:
-        found = tree.getroot().xpath("//*[@id=$id]", id=element_id)
+    tree = trees.get(filename)
+    if element_id and tree is not None:
+        found = tree.getroot().xpath("//bpmn:*[@id=$id]", id=element_id, namespaces={"bpmn": BPMN_NS})
         line = found[0].sourceline if found else None
     message = str(exc.args[0]) if exc.args else str(exc)
-    return Problem(message, file=getattr(exc, "file_name", None) or filename, element_id=element_id, line=line)
+    return Problem(message, file=filename, element_id=element_id, line=line)
 
 
 def _process_properties(process) -> dict:
