@@ -42,6 +42,10 @@ class Config:
             values["secret_key"] = env["APPROVALS_SECRET_KEY"]
         if env.get("APPROVALS_MAX_UPLOAD_BYTES"):
             values["max_upload_bytes"] = int(env["APPROVALS_MAX_UPLOAD_BYTES"])
+        if env.get("APPROVALS_SWEEP_INTERVAL_SECONDS"):
+            values["sweep_interval_seconds"] = float(env["APPROVALS_SWEEP_INTERVAL_SECONDS"])
+        if env.get("APPROVALS_SWEEP_BATCH_SIZE"):
+            values["sweep_batch_size"] = int(env["APPROVALS_SWEEP_BATCH_SIZE"])
         if env.get("APPROVALS_OFFICE_HOURS"):
             values["office_hours"] = env["APPROVALS_OFFICE_HOURS"]
         values.update(overrides)

@@ -43,8 +43,7 @@ def sweep_lights(db: Database, now: datetime | None = None) -> int:
                                     or_(human_task.c.light.is_(None), human_task.c.light != RED))).all()
         for row in tasks:
             light = light_of(calendar, now, row.created_at, row.due_at)
-            if light != (row.light or GREEN):
-                conn.execute(update(human_task).where(human_task.c.id == row.id).values(light=light))
+            if light != (row.light or GREEN) and _changed(conn, human_task, row.id, row.light, light=light):
                 events.append(_event(now, "task_" + light, row.instance_id, row.id, bpmn_id=row.bpmn_id,
                                      departments=row.departments, assignee=row.assignee, due_at=row.due_at))
         cases = conn.execute(select(process_instance.c.id, process_instance.c.started_at, process_instance.c.due_at,
@@ -55,19 +54,23 @@ def sweep_lights(db: Database, now: datetime | None = None) -> int:
                                         process_instance.c.statutory_due_at <= now))).all()
         for row in cases:
             light = light_of(calendar, now, row.started_at, row.due_at)
-            values = {}
-            if light != (row.light or GREEN):
-                values["light"] = light
+            if light != (row.light or GREEN) and _changed(conn, process_instance, row.id, row.light, light=light):
                 events.append(_event(now, "case_" + light, row.id, None, due_at=row.due_at))
-            if row.statutory_due_at and row.statutory_due_at <= now and row.statutory_exceeded_at is None:
-                values["statutory_exceeded_at"] = now
+            if (row.statutory_due_at and row.statutory_due_at <= now and row.statutory_exceeded_at is None
+                    and conn.execute(update(process_instance).where(
+                        process_instance.c.id == row.id, process_instance.c.statutory_exceeded_at.is_(None))
+                        .values(statutory_exceeded_at=now)).rowcount):
                 events.append(_event(now, "statutory_limit_exceeded", row.id, None, due_at=row.statutory_due_at))
-            if values:
-                conn.execute(update(process_instance).where(process_instance.c.id == row.id).values(**values))
         audit.record_many(conn, events)
         return len(events)
 
     return db.run(sweep)
+
+
+def _changed(conn, table, row_id: int, old: str | None, light: str) -> bool:
+    """Compare-and-set, so two sweeping processes never record the same change twice."""
+    same_as_read = table.c.light.is_(None) if old is None else table.c.light == old
+    return conn.execute(update(table).where(table.c.id == row_id, same_as_read).values(light=light)).rowcount == 1
 
 
 def _event(now, type_, instance_id, task_id, **data) -> dict:

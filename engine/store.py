@@ -281,7 +281,9 @@ def _create_engine(url: str) -> Engine:
         path = url.split("///", 1)[1] if "///" in url else ""
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": 30, "check_same_thread": False})
+        # A pooled connection stays open: closing the last one checkpoints the WAL (~13 ms a transaction).
+        pooling = {"poolclass": NullPool} if not path or path == ":memory:" else {"pool_size": 10, "max_overflow": 20}
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **pooling)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):
