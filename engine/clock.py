@@ -27,6 +27,16 @@ def deadline_from(calendar, start: datetime, expression: str | None):
     return Deadline(start + TimerEventDefinition.get_timedelta_from_start(parsed, start), False)
 
 
+def threshold_seconds(calendar, expression: str | None) -> int | None:
+    """Office time before a deadline when the light turns yellow, from `workdays(N)` / `workhours(H)`."""
+    match = _LIMIT.match(expression or "")
+    if not match:
+        return None
+    unit, amount = match.groups()
+    per_unit = calendar.office_hours.seconds_per_day if unit == "workdays" else 3600
+    return int(float(amount) * per_unit)
+
+
 def check_limit(expression: str) -> str | None:
     """None when the limit expression is usable, else what is wrong with it."""
     if _LIMIT.match(expression or ""):

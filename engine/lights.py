@@ -38,22 +38,23 @@ def sweep_lights(db: Database, now: datetime | None = None) -> int:
         events = []
         tasks = conn.execute(select(human_task.c.id, human_task.c.instance_id, human_task.c.bpmn_id,
                                     human_task.c.departments, human_task.c.assignee, human_task.c.created_at,
-                                    human_task.c.due_at, human_task.c.light)
+                                    human_task.c.due_at, human_task.c.light, human_task.c.yellow_seconds)
                              .where(human_task.c.status == "open", human_task.c.due_at <= now + _LOOKAHEAD,
                                     or_(human_task.c.light.is_(None), human_task.c.light != RED))).all()
         for row in tasks:
-            light = light_of(calendar, now, row.created_at, row.due_at)
+            light = light_of(calendar, now, row.created_at, row.due_at, row.yellow_seconds)
             if light != (row.light or GREEN) and _changed(conn, human_task, row.id, row.light, light=light):
                 events.append(_event(now, "task_" + light, row.instance_id, row.id, bpmn_id=row.bpmn_id,
                                      departments=row.departments, assignee=row.assignee, due_at=row.due_at))
         cases = conn.execute(select(process_instance.c.id, process_instance.c.started_at, process_instance.c.due_at,
                                     process_instance.c.light, process_instance.c.statutory_due_at,
+                                    process_instance.c.yellow_seconds,
                                     process_instance.c.statutory_exceeded_at)
                              .where(process_instance.c.status == "running", process_instance.c.paused_since.is_(None),
                                     or_(process_instance.c.due_at <= now + _LOOKAHEAD,
                                         process_instance.c.statutory_due_at <= now))).all()
         for row in cases:
-            light = light_of(calendar, now, row.started_at, row.due_at)
+            light = light_of(calendar, now, row.started_at, row.due_at, row.yellow_seconds)
             if light != (row.light or GREEN) and _changed(conn, process_instance, row.id, row.light, light=light):
                 events.append(_event(now, "case_" + light, row.id, None, due_at=row.due_at))
             if (row.statutory_due_at and row.statutory_due_at <= now and row.statutory_exceeded_at is None

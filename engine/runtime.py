@@ -75,16 +75,17 @@ def start_case(db: Database, key: str, data: dict | None = None, actor: str | No
         limits = (definition.properties or {}).get("extensions", {})
         committed = clock.deadline_from(calendar, now, limits.get("committedLimit"))
         statutory = clock.deadline_from(calendar, now, limits.get("statutoryLimit"))
+        yellow = clock.threshold_seconds(calendar, limits.get("yellowThreshold"))
         case_no = _next_case_no(db, conn, now)
         instance_id = conn.execute(process_instance.insert().values(
             definition_id=definition.id, case_no=case_no, status="running", revision=0,
-            applicant=_applicant(data), started_by=actor, started_at=now,
+            applicant=_applicant(data), started_by=actor, started_at=now, yellow_seconds=yellow,
             due_at=committed.at if committed else None, statutory_due_at=statutory.at if statutory else None,
         )).inserted_primary_key[0]
         row = {"id": instance_id, "definition_id": definition.id, "revision": 0, "status": "running",
                "case_no": case_no, "paused_since": None, "due_at": committed.at if committed else None,
                "statutory_due_at": statutory.at if statutory else None, "applicant": _applicant(data),
-               "extended_at": None}
+               "extended_at": None, "yellow_seconds": yellow}
         workflow = new_workflow(load_specs(definition.id, definition.spec_json))
         workflow.task_tree.data.update(data)
         case = _Case(row, workflow, now, actor, [], calendar)
@@ -427,12 +428,15 @@ def _sync_human_tasks(conn, case: _Case, ready: dict, refresh_due: bool) -> None
                              .values(due_at=_boundary_due(task)))
             continue
         spec = task.task_spec
+        extensions = _extensions(spec)
         departments = resolve_departments(conn, _groups(task))
+        yellow = clock.threshold_seconds(case.calendar, extensions.get("yellowThreshold"))
         task_id = conn.execute(human_task.insert().values(
             instance_id=case.row["id"], task_guid=guid, bpmn_id=spec.bpmn_id or spec.name,
             name=spec.bpmn_name or spec.bpmn_id, lane=spec.lane, departments=departments,
-            assignee=_extensions(spec).get("camunda:assignee"), status="open", created_at=case.now,
-            due_at=_boundary_due(task))).inserted_primary_key[0]
+            assignee=extensions.get("camunda:assignee"), status="open", created_at=case.now,
+            due_at=_boundary_due(task), yellow_seconds=yellow or case.row.get("yellow_seconds"),
+        )).inserted_primary_key[0]
         conn.execute(task_queue.insert(), [{"department_key": d, "human_task_id": task_id}
                                            for d in departments or [WINDOW_QUEUE]])
         case.event("task_created", task_id, bpmn_id=spec.bpmn_id, departments=departments)

@@ -17,7 +17,7 @@ from .timekeeping import calendar_for
 _TASK_COLUMNS = (
     human_task.c.id, human_task.c.name, human_task.c.bpmn_id, human_task.c.instance_id,
     human_task.c.departments, human_task.c.assignee, human_task.c.status, human_task.c.created_at,
-    human_task.c.due_at, human_task.c.completed_at, human_task.c.completed_by,
+    human_task.c.due_at, human_task.c.completed_at, human_task.c.completed_by, human_task.c.yellow_seconds,
     process_instance.c.case_no, process_instance.c.applicant, process_definition.c.key.label("process_key"),
     process_definition.c.version,
 )
@@ -83,7 +83,9 @@ def get_instance(db: Database, instance_id: int) -> dict:
         "id": row["id"], "case_no": row["case_no"], "status": row["status"], "process_key": row["process_key"],
         "version": row["version"], "applicant": row["applicant"], "started_by": row["started_by"],
         "started_at": _iso(row["started_at"]), "ended_at": _iso(row["ended_at"]), "due_at": _iso(row["due_at"]),
-        "light": light_of(calendar, now, row["started_at"], row["due_at"]) if row["status"] == "running" else None,
+        "light": (light_of(calendar, now, row["started_at"], row["due_at"], row["yellow_seconds"])
+                  if row["status"] == "running" else None),
+        "statutory_due_at": _iso(row["statutory_due_at"]), "paused_since": _iso(row["paused_since"]),
         "tasks": [_task_dict(t, calendar, now) for t in tasks],
         "events": events,
     }
@@ -119,7 +121,8 @@ def _task_dict(row, calendar, now: datetime) -> dict:
         "version": row["version"], "departments": row["departments"], "assignee": row["assignee"],
         "status": row["status"], "created_at": _iso(row["created_at"]), "due_at": _iso(row["due_at"]),
         "completed_at": _iso(row["completed_at"]), "completed_by": row["completed_by"],
-        "light": light_of(calendar, now, row["created_at"], row["due_at"]) if row["status"] == "open" else None,
+        "light": (light_of(calendar, now, row["created_at"], row["due_at"], row["yellow_seconds"])
+                  if row["status"] == "open" else None),
     }
 
 

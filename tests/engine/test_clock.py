@@ -180,3 +180,23 @@ def test_light_changes_are_recorded_once_each(db, limits):
               if e["type"].startswith(("task_y", "task_r", "case_y", "case_r", "statutory"))]
     assert events == [("task_yellow", True), ("task_red", True), ("case_yellow", False), ("case_red", False),
                       ("statutory_limit_exceeded", False)]
+
+
+def test_yellow_threshold_is_configurable_per_flow_and_task(db, org):
+    configured = LIMITS.replace(
+        '<camunda:property name="statutoryLimit" value="workdays(20)" />',
+        '<camunda:property name="statutoryLimit" value="workdays(20)" />\n'
+        '        <camunda:property name="yellowThreshold" value="workdays(2)" />').replace(
+        '''<bpmn:userTask id="review_gaj" name="公安局审查">
+      <bpmn:extensionElements>''', '''<bpmn:userTask id="review_gaj" name="公安局审查">
+      <bpmn:extensionElements>
+        <camunda:properties><camunda:property name="yellowThreshold" value="workhours(2)" /></camunda:properties>''')
+    deploy_text(db, "time_limits.bpmn", configured)
+    case = accept(db, org, "2026-09-30 10:00")
+    with time_machine.travel(at("2026-10-09 09:00"), tick=False):
+        assert only_task(db, org["gaj1"], "review_gaj")["light"] == "green"    # 7 h left, threshold 2 h
+    with time_machine.travel(at("2026-10-09 15:31"), tick=False):
+        assert only_task(db, org["gaj1"], "review_gaj")["light"] == "yellow"
+    with time_machine.travel(at("2026-10-12 10:00"), tick=False):
+        # the case has 13 working hours left: yellow under the flow's 2-working-day threshold
+        assert worklist.get_instance(db, case["id"])["light"] == "yellow"
