@@ -143,6 +143,52 @@ def complete(db: Database, task_id: int, user: User, data: dict | None = None) -
     return _task_action(db, task_id, user, do, steps=True)
 
 
+def send_back_targets(db: Database, task_id: int) -> list[dict]:
+    """Earlier steps of the case a task may be sent back to: completed human tasks, latest first, one per step."""
+    with db.read() as conn:
+        current = conn.execute(select(human_task).where(human_task.c.id == task_id)).mappings().first()
+        if current is None:
+            raise NotFound(f"no task {task_id}")
+        rows = conn.execute(select(human_task.c.id, human_task.c.bpmn_id, human_task.c.name,
+                                   human_task.c.completed_by, human_task.c.completed_at)
+                            .where(human_task.c.instance_id == current["instance_id"],
+                                   human_task.c.status == "completed", human_task.c.id < task_id)
+                            .order_by(human_task.c.id.desc())).mappings().all()
+    seen, targets = set(), []
+    for row in rows:
+        if row["bpmn_id"] not in seen and row["bpmn_id"] != current["bpmn_id"]:
+            seen.add(row["bpmn_id"])
+            targets.append({**row, "completed_at": _iso(row["completed_at"])})
+    return targets
+
+
+def send_back(db: Database, task_id: int, user: User, target_task_id: int, reason: str) -> dict:
+    """退回: a lead returns the case to an earlier step; that step is redone and the flow comes back here."""
+    if not user.has_role("lead", "admin"):
+        raise PermissionDenied("only a lead (科室负责人) may send a case back")
+    if not (reason or "").strip():
+        raise InvalidInput(Problem("give the reason for sending back", field="reason"))
+    if target_task_id not in {t["id"] for t in send_back_targets(db, task_id)}:
+        raise InvalidInput(Problem("choose an earlier completed step of this case", field="target"))
+
+    def do(conn, case, task_row, spiff_task):
+        target = conn.execute(select(human_task.c.task_guid, human_task.c.bpmn_id)
+                              .where(human_task.c.id == target_task_id)).first()
+        earlier = case.workflow.get_task_from_id(UUID(target.task_guid))
+        if earlier is None or earlier.state != TaskState.COMPLETED:
+            raise Conflict("that step can no longer be returned to")
+        case.workflow.reset_from_task_id(earlier.id)
+        if spiff_task.state == TaskState.READY:
+            # A step after a parallel join is not below the reset branch; it must wait for the redo.
+            spiff_task.cancel()
+        conn.execute(update(human_task).where(human_task.c.id == task_id).values(
+            status="sent_back", completed_at=case.now, completed_by=user.username))
+        case.completed_task = task_id
+        case.event("task_sent_back", task_id, bpmn_id=task_row["bpmn_id"], to=target.bpmn_id,
+                   to_task_id=target_task_id, reason=reason.strip())
+    return _task_action(db, task_id, user, do, steps=True)
+
+
 def fire_due_timers(db: Database, instance_id: int) -> int:
     """Wake one case whose timers are due; returns how many fired (0 when another worker holds the case)."""
     def do(conn, case):
@@ -410,8 +456,10 @@ def _sync_human_tasks(conn, case: _Case, ready: dict, refresh_due: bool) -> None
         select(human_task.c.task_guid, human_task.c.id).where(
             human_task.c.instance_id == case.row["id"], human_task.c.status == "open"))}
     gone = {guid: task_id for guid, task_id in open_rows.items() if guid not in ready}
+    dequeue = list(gone.values()) + ([case.completed_task] if case.completed_task else [])
+    if dequeue:
+        conn.execute(delete(task_queue).where(task_queue.c.human_task_id.in_(dequeue)))
     if gone:
-        conn.execute(delete(task_queue).where(task_queue.c.human_task_id.in_(list(gone.values()))))
         # Tasks completed through complete() are already closed; the rest were cancelled by the
         # diagram: an interrupting timer (超时默许), a terminate end, or another branch winning.
         cancelled = [task_id for task_id in gone.values() if task_id != case.completed_task]

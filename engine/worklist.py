@@ -18,6 +18,7 @@ _TASK_COLUMNS = (
     human_task.c.id, human_task.c.name, human_task.c.bpmn_id, human_task.c.instance_id,
     human_task.c.departments, human_task.c.assignee, human_task.c.status, human_task.c.created_at,
     human_task.c.due_at, human_task.c.completed_at, human_task.c.completed_by, human_task.c.yellow_seconds,
+    human_task.c.delegated_from, human_task.c.urge_count, human_task.c.urged_at,
     process_instance.c.case_no, process_instance.c.applicant, process_definition.c.key.label("process_key"),
     process_definition.c.version,
 )
@@ -27,7 +28,8 @@ def list_tasks(db: Database, user: User, limit: int = 100, offset: int = 0) -> l
     """A clerk's open work: unclaimed tasks of their departments plus tasks they hold, soonest due first."""
     mine = select(human_task.c.id).where(human_task.c.assignee == user.username, human_task.c.status == "open")
     queued = (select(task_queue.c.human_task_id).join(human_task, human_task.c.id == task_queue.c.human_task_id)
-              .where(task_queue.c.department_key.in_(queues_of(user) or ["\0"]), human_task.c.assignee.is_(None)))
+              .where(task_queue.c.department_key.in_(queues_of(user) or ["\0"]), human_task.c.assignee.is_(None),
+                     human_task.c.status == "open"))
     conditions = [human_task.c.id.in_(mine), human_task.c.id.in_(queued)]
     query = (select(*_TASK_COLUMNS)
              .join(process_instance, process_instance.c.id == human_task.c.instance_id)
@@ -121,6 +123,7 @@ def _task_dict(row, calendar, now: datetime) -> dict:
         "version": row["version"], "departments": row["departments"], "assignee": row["assignee"],
         "status": row["status"], "created_at": _iso(row["created_at"]), "due_at": _iso(row["due_at"]),
         "completed_at": _iso(row["completed_at"]), "completed_by": row["completed_by"],
+        "delegated_from": row["delegated_from"], "urge_count": row["urge_count"], "urged_at": _iso(row["urged_at"]),
         "light": (light_of(calendar, now, row["created_at"], row["due_at"], row["yellow_seconds"])
                   if row["status"] == "open" else None),
     }

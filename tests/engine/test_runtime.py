@@ -227,3 +227,12 @@ def test_applicant_typed_at_intake_becomes_the_cases_applicant(db, flow):
     runtime.complete(db, intake["id"], flow["window1"], {"applicant": "杭州某某贸易有限公司"})
     assert worklist.get_instance(db, case["id"])["applicant"] == "杭州某某贸易有限公司"
     assert task_named(db, flow["gaj1"], "review_gaj")["applicant"] == "杭州某某贸易有限公司"
+
+
+def test_completed_tasks_leave_the_department_queue(db, flow):
+    case = start_and_accept(db, flow)
+    assert [t for t in worklist.list_tasks(db, flow["window1"]) if t["instance_id"] == case["id"]] == []
+    from engine.store import task_queue
+    with db.read() as conn:
+        queued = conn.execute(select(task_queue.c.department_key)).scalars().all()
+    assert sorted(queued) == sorted(DEPARTMENTS)          # only the four open reviews are queued

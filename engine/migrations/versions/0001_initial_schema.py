@@ -158,14 +158,17 @@ def upgrade() -> None:
     sa.Column('light', sa.String(length=8), nullable=True),
     sa.Column('yellow_seconds', sa.Integer(), nullable=True),
     sa.Column('extended_at', sa.DateTime(), nullable=True),
+    sa.Column('delegated_from', sa.String(length=64), nullable=True),
+    sa.Column('urge_count', sa.Integer(), nullable=False, server_default='0'),
+    sa.Column('urged_at', sa.DateTime(), nullable=True),
     sa.ForeignKeyConstraint(['instance_id'], ['process_instance.id'], name=op.f('fk_human_task_instance_id_process_instance'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_human_task')),
-    sa.UniqueConstraint('task_guid', name=op.f('uq_human_task_task_guid'))
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_human_task'))
     )
     with op.batch_alter_table('human_task', schema=None) as batch_op:
         batch_op.create_index('ix_human_task_assignee_status', ['assignee', 'status'], unique=False)
         batch_op.create_index('ix_human_task_instance_status', ['instance_id', 'status'], unique=False)
         batch_op.create_index('ix_human_task_status_due', ['status', 'due_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_human_task_task_guid'), ['task_guid'], unique=False)
 
     op.create_table('timer',
     sa.Column('id', sa.Integer(), nullable=False),
