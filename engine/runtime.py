@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable
@@ -11,6 +12,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import and_, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from SpiffWorkflow.bpmn.specs.mixins.multiinstance_task import MultiInstanceTask
 from SpiffWorkflow.exceptions import WorkflowException
 from SpiffWorkflow.util.task import TaskState
 
@@ -131,8 +133,9 @@ def complete(db: Database, task_id: int, user: User, data: dict | None = None) -
         if task_row["assignee"] and task_row["assignee"] != user.username:
             raise Conflict(f"task {task_id} is claimed by {task_row['assignee']}")
         values = forms.validate(getattr(spiff_task.task_spec, "form", None), data or {})
-        spiff_task.set_data(**values)
-        spiff_task.run()
+        spiff_task.set_data(**values, **_instance_counters(spiff_task))
+        with _diagram_errors():
+            spiff_task.run()
         conn.execute(update(human_task).where(human_task.c.id == task_id).values(
             status="completed", completed_at=case.now, completed_by=user.username, assignee=user.username))
         if not case.row.get("applicant") and _applicant(values):
@@ -368,18 +371,35 @@ def _snapshot_for(conn, row: dict) -> Snapshot:
 
 
 def _step(case: _Case) -> None:
-    try:
-        with using_calendar(case.calendar):
-            workflow = case.workflow
+    with _diagram_errors(), using_calendar(case.calendar):
+        workflow = case.workflow
+        workflow.do_engine_steps()
+        # do_engine_steps checks timers only at its very end; a timer that fired there (a limit
+        # reached, 超时默许) has left READY engine tasks behind, so run until nothing is ready.
+        while any(not t.task_spec.manual for t in workflow.get_tasks(state=TaskState.READY)):
             workflow.do_engine_steps()
-            # do_engine_steps checks timers only at its very end; a timer that fired there (a limit
-            # reached, 超时默许) has left READY engine tasks behind, so run until nothing is ready.
-            while any(not t.task_spec.manual for t in workflow.get_tasks(state=TaskState.READY)):
-                workflow.do_engine_steps()
+
+
+@contextmanager
+def _diagram_errors():
+    """A diagram's failing script, condition or timer becomes WorkflowFailed naming the element."""
+    try:
+        yield
     except WorkflowException as exc:
         task = getattr(exc, "task_spec", None) or getattr(getattr(exc, "task", None), "task_spec", None)
         element = getattr(task, "bpmn_id", None) or getattr(task, "name", None)
         raise WorkflowFailed(f"step {element!r} failed: {exc}") from None
+
+
+def _instance_counters(spiff_task) -> dict:
+    """Camunda's nrOf* variables for a countersign's completion condition, counting this signature as done."""
+    parent = spiff_task.parent
+    if parent is None or not isinstance(parent.task_spec, MultiInstanceTask):
+        return {}
+    instances = [c for c in parent.children if c.task_spec.name == parent.task_spec.task_spec]
+    done = 1 + sum(1 for c in instances if c is not spiff_task and c.state == TaskState.COMPLETED)
+    return {"nrOfInstances": len(instances), "nrOfCompletedInstances": done,
+            "nrOfActiveInstances": len(instances) - done}
 
 
 def _save(db: Database, conn, case: _Case, snapshot: Snapshot, first: bool = False) -> None:
@@ -522,8 +542,10 @@ def _groups(task) -> list[str]:
 
 
 def _boundary_due(task) -> datetime | None:
-    """A task's deadline is the earliest timer on its boundary."""
+    """A task's deadline is the earliest timer on its boundary (a countersign copy: on its parent's)."""
     parent = task.parent
+    if parent is not None and isinstance(parent.task_spec, MultiInstanceTask):
+        task, parent = parent, parent.parent
     if parent is None or not parent.task_spec.name.endswith(".BoundaryEventSplit"):
         return None
     dues = [clock.timer_due(sibling) for sibling in parent.children

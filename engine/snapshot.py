@@ -30,7 +30,7 @@ def dump_specs(spec, subprocess_specs: dict) -> str:
 class Specs:
     spec: object
     subprocess_specs: dict
-    json_dict: dict
+    spec_json: str
 
 
 _spec_cache: "OrderedDict[int, Specs]" = OrderedDict()
@@ -48,7 +48,7 @@ def load_specs(definition_id: int, spec_json: str) -> Specs:
     specs = Specs(
         spec=_registry.restore(raw["spec"]),
         subprocess_specs={name: _registry.restore(s) for name, s in raw["subprocess_specs"].items()},
-        json_dict=raw,
+        spec_json=spec_json,
     )
     with _spec_lock:
         _spec_cache[definition_id] = specs
@@ -135,8 +135,10 @@ def _workflow_head(workflow) -> dict:
 def decode(body: str, specs: Specs) -> BpmnWorkflow:
     state = json.loads(body)
     state.pop("serializer_version", None)
-    state["spec"] = specs.json_dict["spec"]
-    state["subprocess_specs"] = specs.json_dict["subprocess_specs"]
+    # A fresh copy each time: SpiffWorkflow's restore pops keys (task extensions!) out of what it reads.
+    fresh = json.loads(specs.spec_json)
+    state["spec"] = fresh["spec"]
+    state["subprocess_specs"] = fresh["subprocess_specs"]
     workflow = _serializer.from_dict(state)
     workflow.script_engine = script_engine
     return workflow

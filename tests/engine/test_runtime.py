@@ -236,3 +236,17 @@ def test_completed_tasks_leave_the_department_queue(db, flow):
     with db.read() as conn:
         queued = conn.execute(select(task_queue.c.department_key)).scalars().all()
     assert sorted(queued) == sorted(DEPARTMENTS)          # only the four open reviews are queued
+
+
+def test_task_settings_survive_a_reload_from_the_database(db, flow):
+    """Candidate groups (and other task properties) must still apply when the case is read back from storage."""
+    deploy_text(db, "parallel_review.bpmn", PARALLEL.replace(
+        '<bpmn:userTask id="review_rsj" name="人社局审查" camunda:formKey="review">',
+        '<bpmn:userTask id="review_rsj" name="人社局审查" camunda:formKey="review" camunda:candidateGroups="ybj">'))
+    for _ in range(2):                              # the second decode is the one that used to lose them
+        case = runtime.start_case(db, "parallel_review", {}, "window1")
+        snapshot.snapshots.clear()
+        intake = task_named(db, flow["window1"], "intake", case["id"])
+        runtime.complete(db, intake["id"], flow["window1"], {"applicant": "重载测试"})
+        reviews = {t["bpmn_id"]: t["departments"] for t in worklist.get_instance(db, case["id"])["tasks"]}
+        assert reviews["review_rsj"] == ["ybj"]
