@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import secrets
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -82,6 +83,7 @@ def start_case(db: Database, key: str, data: dict | None = None, actor: str | No
         instance_id = conn.execute(process_instance.insert().values(
             definition_id=definition.id, case_no=case_no, status="running", revision=0,
             applicant=_applicant(data), started_by=actor, started_at=now, yellow_seconds=yellow,
+            verification_code=secrets.token_hex(6).upper(),
             due_at=committed.at if committed else None, statutory_due_at=statutory.at if statutory else None,
         )).inserted_primary_key[0]
         row = {"id": instance_id, "definition_id": definition.id, "revision": 0, "status": "running",

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
 from sqlalchemy import (
-    JSON, Boolean, Column, Date, DateTime, ForeignKey, Index, Integer, MetaData, String, Table, Text,
+    JSON, Boolean, Column, Date, DateTime, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Table, Text,
     UniqueConstraint, create_engine, event, select,
 )
 from sqlalchemy.engine import Connection, Engine
@@ -114,6 +114,8 @@ process_instance = Table(
     Column("yellow_seconds", Integer, nullable=True),
     Column("paused_since", UTCDateTime, nullable=True),
     Column("extended_at", UTCDateTime, nullable=True),
+    # Printed on every notice (and as a QR code) so anyone can check a notice against the public query.
+    Column("verification_code", String(16), nullable=True, unique=True),
     Index("ix_process_instance_status_started", "status", "started_at"),
 )
 
@@ -188,6 +190,22 @@ timer = Table(
     Column("due_at", UTCDateTime, nullable=False),
     UniqueConstraint("instance_id", "task_guid", name="uq_timer_instance_task"),
     Index("ix_timer_due_at", "due_at"),
+)
+
+# Files attached to a case (materials, opinions); kept in the database so every node serves them.
+attachment = Table(
+    "attachment", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("instance_id", Integer, ForeignKey("process_instance.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("task_id", Integer, nullable=True),
+    Column("material_key", String(64), nullable=True),
+    Column("filename", String(255), nullable=False),
+    Column("content_type", String(100), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("content", LargeBinary, nullable=False),
+    Column("uploaded_by", String(64), nullable=True),
+    Column("uploaded_at", UTCDateTime, nullable=False),
 )
 
 # Each stop of a case's clock (补正, 特别程序); working_seconds is filled in when the clock restarts.

@@ -10,6 +10,23 @@ ensure_venv() {
     .venv/bin/python -m pip install -q -e ".${extras}"
     echo "$stamp" > .venv/.approvals-installed
   fi
+  # Translations are compiled here rather than committed: the .po catalogs are the source.
+  .venv/bin/pybabel compile -q -d webui/translations 2>/dev/null || .venv/bin/pybabel compile -d webui/translations >/dev/null
   export PATH="$PWD/.venv/bin:$PATH"
   export VIRTUAL_ENV="$PWD/.venv"
+}
+
+# Sourced too: install the front-end packages from the lock file and bundle them when anything changed.
+ensure_assets() {
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "npm is missing: install Node.js (Debian: apt-get install nodejs npm)" >&2
+    return 1
+  fi
+  local stamp
+  stamp="$(cat webui/package-lock.json webui/build.mjs webui/assets/*.js 2>/dev/null | sha256sum | cut -c1-16)"
+  if [ ! -d webui/node_modules ] || [ "$(cat webui/static/dist/.stamp 2>/dev/null)" != "$stamp" ]; then
+    (cd webui && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build)
+    mkdir -p webui/static/dist
+    echo "$stamp" > webui/static/dist/.stamp
+  fi
 }

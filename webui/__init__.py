@@ -3,7 +3,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from flask import Flask
+from datetime import timedelta
+
+from flask import Flask, request, session
+from flask_babel import Babel, get_locale, lazy_gettext as _l
+from flask_wtf.csrf import CSRFProtect
 
 from engine import settings
 from engine.config import Config
@@ -13,6 +17,7 @@ from . import errors
 from .api import api
 from .auth import DB_EXTENSION
 from .pages import pages
+from .login import page_user, session_pages
 from .time_api import time_api
 
 # A deployment upload may carry several diagrams and their guides, each up to max_upload_bytes.
@@ -41,11 +46,47 @@ def create_app(test_config: dict | None = None) -> Flask:
         MAX_CONTENT_LENGTH=db.config.max_upload_bytes * UPLOAD_FILES + MULTIPART_OVERHEAD,
     )
     app.config.update(overrides)
+    app.config.setdefault("SESSION_COOKIE_HTTPONLY", True)
+    app.config.setdefault("SESSION_COOKIE_SAMESITE", "Lax")
+    app.config.setdefault("PERMANENT_SESSION_LIFETIME", timedelta(hours=10))   # one working day
+    app.config.setdefault("BABEL_DEFAULT_LOCALE", "zh_CN")
+    app.config.setdefault("WTF_CSRF_TIME_LIMIT", None)   # valid for the session; a clerk's form may stay open
     app.json.ensure_ascii = False  # Chinese names stay readable in responses
     app.extensions[DB_EXTENSION] = db
-    app.register_blueprint(api)
-    app.register_blueprint(time_api)
-    app.register_blueprint(pages)
+    Babel(app, locale_selector=_choose_locale)
+    csrf = CSRFProtect(app)
+    for blueprint in (api, time_api):
+        csrf.exempt(blueprint)   # bearer tokens, not cookies: no cross-site request can carry them
+        app.register_blueprint(blueprint)
+    for blueprint in (session_pages, pages):
+        app.register_blueprint(blueprint)
+    app.context_processor(_page_context)
     errors.register(app)
     return app
+
+
+# The main navigation; entries whose pages are not registered are left out.
+NAV = [
+    ("tasks.task_list", _l("To do"), ()),
+    ("tasks.done_list", _l("Done"), ()),
+    ("cases.case_list", _l("All cases"), ("supervisor", "admin", "window")),
+    ("supervision.board", _l("Supervision"), ("supervisor", "admin")),
+    ("designer.index", _l("Designer"), ("designer", "admin")),
+    ("admin.index", _l("Administration"), ("admin",)),
+]
+
+
+def _choose_locale() -> str:
+    chosen = session.get("language") or request.accept_languages.best_match(["zh_CN", "zh", "en"]) or "zh_CN"
+    return "zh_CN" if chosen.startswith("zh") else chosen
+
+
+def _page_context() -> dict:
+    from flask import current_app
+    return {
+        "page_user": page_user(),
+        "nav_items": [item for item in NAV if item[0] in current_app.view_functions],
+        # Babel names zh_CN "zh_Hans_CN" (its catalog lives under "zh"); templates only need which one.
+        "current_locale": "zh_CN" if get_locale().language == "zh" else "en",
+    }
 

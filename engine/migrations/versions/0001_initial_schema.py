@@ -106,7 +106,9 @@ def upgrade() -> None:
     sa.Column('yellow_seconds', sa.Integer(), nullable=True),
     sa.Column('paused_since', sa.DateTime(), nullable=True),
     sa.Column('extended_at', sa.DateTime(), nullable=True),
+    sa.Column('verification_code', sa.String(length=16), nullable=True),
     sa.ForeignKeyConstraint(['definition_id'], ['process_definition.id'], name=op.f('fk_process_instance_definition_id_process_definition')),
+    sa.UniqueConstraint('verification_code', name=op.f('uq_process_instance_verification_code')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_process_instance')),
     sa.UniqueConstraint('case_no', name=op.f('uq_process_instance_case_no'))
     )
@@ -121,6 +123,24 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['user_id'], ['app_user.id'], name=op.f('fk_user_department_user_id_app_user'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('user_id', 'department_key', name=op.f('pk_user_department'))
     )
+    op.create_table('attachment',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('instance_id', sa.Integer(), nullable=False),
+    sa.Column('task_id', sa.Integer(), nullable=True),
+    sa.Column('material_key', sa.String(length=64), nullable=True),
+    sa.Column('filename', sa.String(length=255), nullable=False),
+    sa.Column('content_type', sa.String(length=100), nullable=False),
+    sa.Column('size', sa.Integer(), nullable=False),
+    sa.Column('sha256', sa.String(length=64), nullable=False),
+    sa.Column('content', sa.LargeBinary(), nullable=False),
+    sa.Column('uploaded_by', sa.String(length=64), nullable=True),
+    sa.Column('uploaded_at', sa.DateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['instance_id'], ['process_instance.id'], name=op.f('fk_attachment_instance_id_process_instance'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_attachment'))
+    )
+    with op.batch_alter_table('attachment', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_attachment_instance_id'), ['instance_id'], unique=False)
+
     op.create_table('clock_pause',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('instance_id', sa.Integer(), nullable=False),
@@ -213,6 +233,7 @@ def _append_only(table: str) -> None:
 
 
 def downgrade() -> None:
+    op.drop_table('attachment')
     if op.get_bind().dialect.name == "sqlite":
         op.execute("DROP TRIGGER IF EXISTS audit_event_no_update")
         op.execute("DROP TRIGGER IF EXISTS audit_event_no_delete")
