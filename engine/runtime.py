@@ -1,7 +1,6 @@
 """Run cases: start, claim, complete, pause, extend and fire timers — the only module that steps workflows."""
 from __future__ import annotations
 
-import re
 import secrets
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -10,31 +9,27 @@ from typing import Callable
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, delete, select, update
+from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from SpiffWorkflow.bpmn.specs.mixins.multiinstance_task import MultiInstanceTask
 from SpiffWorkflow.exceptions import WorkflowException
 from SpiffWorkflow.util.task import TaskState
 
-from . import audit, clock, forms
-from .accounts import User, resolve_departments
-from .bpmn import task_departments
+from . import audit, clock, forms, projection
+from .accounts import User
 from .errors import ApprovalsError, Conflict, InvalidInput, NotFound, PermissionDenied, Problem
 from .scripting import using_calendar
 from .snapshot import Snapshot, decode, load_specs, new_workflow, snapshots
 from .store import (
-    Database, case_sequence, clock_pause, human_task, process_definition, process_instance, task_queue, timer,
+    Database, case_sequence, clock_pause, human_task, process_definition, process_instance, timer,
     workflow_state,
 )
 from .timekeeping import calendar_for
 
 LOCAL_TZ = ZoneInfo("Asia/Shanghai")
-# Steps drawn outside any department lane are queued for the comprehensive window (综合窗口).
-WINDOW_QUEUE = "__window__"
 PAUSE_ROLES = ("window", "lead", "supervisor", "admin")
 EXTEND_ROLES = ("lead", "supervisor", "admin")
-_GROUP_EXPRESSION = re.compile(r"^\$\{\s*([A-Za-z_]\w*)\s*\}$")
 
 
 class WorkflowFailed(ApprovalsError):
@@ -129,8 +124,9 @@ def unclaim(db: Database, task_id: int, user: User) -> dict:
     return _task_action(db, task_id, user, do, steps=False)
 
 
-def complete(db: Database, task_id: int, user: User, data: dict | None = None) -> dict:
-    """Complete a task with form data; an unclaimed task is claimed by whoever completes it."""
+def complete(db: Database, task_id: int, user: User, data: dict | None = None, opinion: str | None = None) -> dict:
+    """Complete a task with form data and an optional opinion (审查意见); an unclaimed task is claimed by the completer."""
+    opinion = (opinion or "").strip()[:4000] or None
     def do(conn, case, task_row, spiff_task):
         if task_row["assignee"] and task_row["assignee"] != user.username:
             raise Conflict(f"task {task_id} is claimed by {task_row['assignee']}")
@@ -144,7 +140,8 @@ def complete(db: Database, task_id: int, user: User, data: dict | None = None) -
             # The applicant is usually typed at the window's intake form, not known at start.
             case.row["applicant"] = _applicant(values)
         case.completed_task = task_id
-        case.event("task_completed", task_id, bpmn_id=task_row["bpmn_id"], values=values)
+        case.event("task_completed", task_id, bpmn_id=task_row["bpmn_id"], values=values,
+                   **({"opinion": opinion} if opinion else {}))
     return _task_action(db, task_id, user, do, steps=True)
 
 
@@ -280,7 +277,7 @@ def extend(db: Database, user: User, workdays: int, reason: str, task_id: int | 
         spiff_task = case.workflow.get_task_from_id(UUID(task_row["task_guid"]))
         guids = {str(t.id) for t in spiff_task.parent.children if t is not spiff_task}
         clock.extend_timers(case.workflow, calendar, guids, workdays)
-        new_due = _boundary_due(spiff_task)
+        new_due = projection.boundary_due(spiff_task)
         conn.execute(update(human_task).where(human_task.c.id == task_id).values(extended_at=case.now, due_at=new_due))
         case.event("limit_extended", task_id, scope="task", workdays=workdays, reason=reason,
                    previous_due=_iso(task_row["due_at"]), due_at=_iso(new_due))
@@ -323,7 +320,7 @@ def _task_action(db: Database, task_id: int, user: User, action: Callable, steps
 
     def do(conn, case):
         task_row = conn.execute(select(human_task).where(human_task.c.id == task_id)).mappings().first()
-        if not may_work_on(user, task_row):
+        if not projection.may_work_on(user, task_row):
             raise PermissionDenied(f"task {task_id} belongs to {', '.join(task_row['departments']) or '综合窗口'}; "
                                    f"you are in {', '.join(user.departments) or 'no department'}")
         if task_row["status"] != "open":
@@ -341,17 +338,6 @@ def _task_action(db: Database, task_id: int, user: User, action: Callable, steps
 
     case = _mutate(db, instance_id, user.username, do)
     return {"task_id": task_id, "instance_id": instance_id, "case_status": case.row["status"]}
-
-
-def may_work_on(user: User, task_row) -> bool:
-    if task_row["assignee"] == user.username:
-        return True
-    return bool(set(task_row["departments"] or [WINDOW_QUEUE]) & set(queues_of(user)))
-
-
-def queues_of(user: User) -> list[str]:
-    """The department queues whose unclaimed tasks a user sees."""
-    return [*user.departments, WINDOW_QUEUE] if user.has_role("window") else list(user.departments)
 
 
 def _instance_of_task(db: Database, task_id: int) -> int:
@@ -414,8 +400,8 @@ def _save(db: Database, conn, case: _Case, snapshot: Snapshot, first: bool = Fal
         conn.execute(workflow_state.insert().values(instance_id=row["id"], body=body))
     else:
         conn.execute(update(workflow_state).where(workflow_state.c.instance_id == row["id"]).values(body=body))
-    _sync_human_tasks(conn, case, ready, refresh_due=case.resumed)
-    _sync_timers(conn, case)
+    projection.sync_human_tasks(conn, case, ready, refresh_due=case.resumed)
+    projection.sync_timers(conn, case)
     revision = row["revision"] + 1
     values = {"revision": revision, "due_at": row["due_at"], "statutory_due_at": row["statutory_due_at"],
               "paused_since": row["paused_since"], "extended_at": row.get("extended_at"),
@@ -431,11 +417,11 @@ def _save(db: Database, conn, case: _Case, snapshot: Snapshot, first: bool = Fal
 
 def _apply_clock(conn, case: _Case, ready: dict) -> None:
     """Start or end automatic pauses (tasks marked clock=pause) and keep timers frozen while paused."""
-    pausing = [t for t in ready.values() if _extensions(t.task_spec).get("clock") == "pause"]
+    pausing = [t for t in ready.values() if projection.extensions(t.task_spec).get("clock") == "pause"]
     paused_since = case.row["paused_since"]
     if paused_since is None and pausing:
         spec = pausing[0].task_spec
-        _start_pause(conn, case, _extensions(spec).get("pauseKind") or "补正",
+        _start_pause(conn, case, projection.extensions(spec).get("pauseKind") or "补正",
                      spec.bpmn_name or spec.bpmn_id, automatic=True)
     elif paused_since is not None:
         pause = _open_pause(conn, case.row["id"])
@@ -473,112 +459,6 @@ def _end_pause(conn, case: _Case, pause) -> None:
     case.event("clock_resumed", kind=pause.kind, paused_working_seconds=seconds, due_at=_iso(case.row["due_at"]))
 
 
-def _sync_human_tasks(conn, case: _Case, ready: dict, refresh_due: bool) -> None:
-    open_rows = {r.task_guid: r.id for r in conn.execute(
-        select(human_task.c.task_guid, human_task.c.id).where(
-            human_task.c.instance_id == case.row["id"], human_task.c.status == "open"))}
-    gone = {guid: task_id for guid, task_id in open_rows.items() if guid not in ready}
-    dequeue = list(gone.values()) + ([case.completed_task] if case.completed_task else [])
-    if dequeue:
-        conn.execute(delete(task_queue).where(task_queue.c.human_task_id.in_(dequeue)))
-    if gone:
-        # Tasks completed through complete() are already closed; the rest were cancelled by the
-        # diagram: an interrupting timer (超时默许), a terminate end, or another branch winning.
-        cancelled = [task_id for task_id in gone.values() if task_id != case.completed_task]
-        if cancelled:
-            conn.execute(update(human_task).where(human_task.c.id.in_(cancelled))
-                         .values(status="cancelled", completed_at=case.now))
-        for guid, task_id in gone.items():
-            if task_id != case.completed_task:
-                _record_cancellation(case, conn, guid, task_id)
-    for guid, task in ready.items():
-        if guid in open_rows:
-            if refresh_due:
-                conn.execute(update(human_task).where(human_task.c.id == open_rows[guid])
-                             .values(due_at=_boundary_due(task)))
-            continue
-        spec = task.task_spec
-        extensions = _extensions(spec)
-        departments = resolve_departments(conn, _groups(task))
-        yellow = clock.threshold_seconds(case.calendar, extensions.get("yellowThreshold"))
-        task_id = conn.execute(human_task.insert().values(
-            instance_id=case.row["id"], task_guid=guid, bpmn_id=spec.bpmn_id or spec.name,
-            name=spec.bpmn_name or spec.bpmn_id, lane=spec.lane, departments=departments,
-            assignee=extensions.get("camunda:assignee"), status="open", created_at=case.now,
-            due_at=_boundary_due(task), yellow_seconds=yellow or case.row.get("yellow_seconds"),
-        )).inserted_primary_key[0]
-        conn.execute(task_queue.insert(), [{"department_key": d, "human_task_id": task_id}
-                                           for d in departments or [WINDOW_QUEUE]])
-        case.event("task_created", task_id, bpmn_id=spec.bpmn_id, departments=departments)
-
-
-def _record_cancellation(case: _Case, conn, guid: str, task_id: int) -> None:
-    task = case.workflow.get_task_from_id(UUID(guid))
-    deemed = None
-    if task is not None and task.parent is not None:
-        for sibling in task.parent.children:
-            definition = getattr(sibling.task_spec, "event_definition", None)
-            if (sibling is not task and sibling.state == TaskState.COMPLETED and definition is not None
-                    and getattr(sibling.task_spec, "cancel_activity", False) and clock.is_timer(definition)):
-                deemed = sibling
-    if deemed is None:
-        case.event("task_cancelled", task_id)
-        return
-    row = conn.execute(select(human_task.c.bpmn_id, human_task.c.departments, human_task.c.assignee)
-                       .where(human_task.c.id == task_id)).first()
-    case.event("deemed_consent", task_id, bpmn_id=row.bpmn_id, departments=row.departments,
-               assignee=row.assignee, timer=deemed.task_spec.bpmn_id)
-
-
-def _groups(task) -> list[str]:
-    """Candidate groups, resolving `${variable}` entries (e.g. a countersign's department) from task data."""
-    groups = []
-    for group in task_departments(task.task_spec):
-        match = _GROUP_EXPRESSION.match(group)
-        if not match:
-            groups.append(group)
-            continue
-        value = task.data.get(match.group(1))
-        groups.extend([str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)] if value else [])
-    return groups
-
-
-def _boundary_due(task) -> datetime | None:
-    """A task's deadline is the earliest timer on its boundary (a countersign copy: on its parent's)."""
-    parent = task.parent
-    if parent is not None and isinstance(parent.task_spec, MultiInstanceTask):
-        task, parent = parent, parent.parent
-    if parent is None or not parent.task_spec.name.endswith(".BoundaryEventSplit"):
-        return None
-    dues = [clock.timer_due(sibling) for sibling in parent.children
-            if sibling is not task and sibling.state == TaskState.WAITING]
-    dues = [d for d in dues if d is not None]
-    return min(dues) if dues else None
-
-
-def _sync_timers(conn, case: _Case) -> None:
-    wanted = {}
-    for task in clock.waiting_timers(case.workflow):
-        due = clock.timer_due(task)
-        if due is not None:
-            wanted[str(task.id)] = (task.task_spec.bpmn_id or task.task_spec.name, due)
-    stored = {r.task_guid: (r.due_at, r.bpmn_id) for r in conn.execute(
-        select(timer.c.task_guid, timer.c.due_at, timer.c.bpmn_id).where(timer.c.instance_id == case.row["id"]))}
-    stale = [guid for guid in stored if guid not in wanted]
-    if stale:
-        conn.execute(delete(timer).where(timer.c.instance_id == case.row["id"], timer.c.task_guid.in_(stale)))
-        for guid in stale:
-            task = case.workflow.get_task_from_id(UUID(guid))
-            if task is not None and task.state & (TaskState.COMPLETED | TaskState.READY):
-                case.event("timer_fired", bpmn_id=stored[guid][1], task_guid=guid, due_at=_iso(stored[guid][0]))
-    for guid, (bpmn_id, due) in wanted.items():
-        if guid not in stored:
-            conn.execute(timer.insert().values(instance_id=case.row["id"], task_guid=guid, bpmn_id=bpmn_id, due_at=due))
-        elif abs((stored[guid][0] - due).total_seconds()) > 0.001:
-            conn.execute(update(timer).where(and_(timer.c.instance_id == case.row["id"], timer.c.task_guid == guid))
-                         .values(due_at=due))
-
-
 def _next_case_no(db: Database, conn, now: datetime) -> str:
     day = now.astimezone(LOCAL_TZ).strftime("%Y%m%d")
     insert = sqlite_insert if db.is_sqlite else pg_insert
@@ -587,10 +467,6 @@ def _next_case_no(db: Database, conn, now: datetime) -> str:
         index_elements=[case_sequence.c.day], set_={"last": case_sequence.c.last + 1}
     ).returning(case_sequence.c.last)
     return f"{day}{conn.execute(statement).scalar_one():05d}"
-
-
-def _extensions(spec) -> dict:
-    return getattr(spec, "extensions", None) or {}
 
 
 def _last_data(workflow, key: str):

@@ -9,7 +9,7 @@ from . import audit, forms, guides
 from .accounts import User
 from .errors import NotFound, PermissionDenied
 from .lights import light_of
-from .runtime import may_work_on, queues_of
+from .projection import may_work_on, queues_of
 from .snapshot import load_specs
 from .store import Database, human_task, process_definition, process_instance, task_queue
 from .timekeeping import calendar_for

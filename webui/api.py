@@ -129,8 +129,8 @@ def unclaim_task(task_id: int):
 @login_required
 def complete_task(task_id: int):
     body = _body()
-    _check(body, data=(dict, False))
-    return runtime.complete(database(), task_id, current_user(), body.get("data") or {})
+    _check(body, data=(dict, False), opinion=(str, False))
+    return runtime.complete(database(), task_id, current_user(), body.get("data") or {}, body.get("opinion"))
 
 
 def sources_from_upload() -> list[SourceFile]:

@@ -10,7 +10,7 @@ from itsdangerous import BadData, SignatureExpired, TimestampSigner, URLSafeTime
 from engine import accounts
 from engine.accounts import User
 from engine.errors import AuthenticationFailed, NotFound, PermissionDenied
-from engine.runtime import may_work_on
+from engine.projection import may_work_on
 from engine.store import Database
 
 DB_EXTENSION = "approvals_db"

@@ -159,7 +159,8 @@ SCHEMAS = {
         "events": {"type": "array", "items": _ref("Event")},
     }, ["id", "case_no", "status", "process_key", "version", "tasks", "events"]),
     "CompleteTask": _object({"data": {"type": "object", "additionalProperties": True,
-                                      "description": "form values keyed by form field id"}}),
+                                      "description": "form values keyed by form field id"},
+                             "opinion": _string(description="the reviewer's opinion (审查意见), kept in the audit trail")}),
     "TaskActionResult": _object({
         "task_id": _integer(), "instance_id": _integer(),
         "case_status": _string(enum=["running", "completed", "terminated", "suspended"]),

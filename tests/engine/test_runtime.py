@@ -250,3 +250,12 @@ def test_task_settings_survive_a_reload_from_the_database(db, flow):
         runtime.complete(db, intake["id"], flow["window1"], {"applicant": "重载测试"})
         reviews = {t["bpmn_id"]: t["departments"] for t in worklist.get_instance(db, case["id"])["tasks"]}
         assert reviews["review_rsj"] == ["ybj"]
+
+
+def test_opinion_is_kept_with_the_completion(db, flow):
+    case = start_and_accept(db, flow)
+    task = task_named(db, flow["gaj1"], "review_gaj", case["id"])
+    runtime.complete(db, task["id"], flow["gaj1"], {"gaj_opinion": "同意"}, opinion="  材料齐全，同意办理。 ")
+    completed = [e for e in worklist.get_instance(db, case["id"])["events"]
+                 if e["type"] == "task_completed" and e["task_id"] == task["id"]]
+    assert completed[0]["data"]["opinion"] == "材料齐全，同意办理。"
