@@ -22,7 +22,7 @@ def upgrade(db: Database) -> None:
     config = alembic_config(db)
     with db.engine.begin() as conn:
         config.attributes["connection"] = conn
-        command.upgrade(config, "head")
+        command.upgrade(config, "heads")  # feature branches of the schema may each add a head
 
 
 def make_revision(db: Database, message: str) -> None:

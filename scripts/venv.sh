@@ -7,11 +7,14 @@ ensure_venv() {
   stamp="$(sha256sum pyproject.toml | cut -c1-16)${extras}"
   if [ "$(cat .venv/.approvals-installed 2>/dev/null)" != "$stamp" ]; then
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e ".${extras}"
+    .venv/bin/python -m pip install -q -e ".${extras}" 2>&1 | grep -vE "^WARNING: Location" || true
     echo "$stamp" > .venv/.approvals-installed
   fi
   # Translations are compiled here rather than committed: the .po catalogs are the source.
-  .venv/bin/pybabel compile -q -d webui/translations 2>/dev/null || .venv/bin/pybabel compile -d webui/translations >/dev/null
+  local catalogs
+  for catalogs in webui/translations*/; do
+    .venv/bin/pybabel compile -d "$catalogs" >/dev/null 2>&1
+  done
   export PATH="$PWD/.venv/bin:$PATH"
   export VIRTUAL_ENV="$PWD/.venv"
 }

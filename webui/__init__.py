@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from datetime import timedelta
+from pathlib import Path
 
 from flask import Flask, request, session
 from flask_babel import Babel, get_locale, lazy_gettext as _l
@@ -50,6 +51,9 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.config.setdefault("SESSION_COOKIE_SAMESITE", "Lax")
     app.config.setdefault("PERMANENT_SESSION_LIFETIME", timedelta(hours=10))   # one working day
     app.config.setdefault("BABEL_DEFAULT_LOCALE", "zh_CN")
+    # One catalog folder per screen family (translations, translations_designer, ...), merged by Flask-Babel.
+    app.config.setdefault("BABEL_TRANSLATION_DIRECTORIES", ";".join(
+        sorted(path.name for path in Path(app.root_path).glob("translations*") if path.is_dir())))
     app.config.setdefault("WTF_CSRF_TIME_LIMIT", None)   # valid for the session; a clerk's form may stay open
     app.json.ensure_ascii = False  # Chinese names stay readable in responses
     app.extensions[DB_EXTENSION] = db
