@@ -6,8 +6,12 @@ ensure_venv() {
   fi
   stamp="$(sha256sum pyproject.toml | cut -c1-16)${extras}"
   if [ "$(cat .venv/.approvals-installed 2>/dev/null)" != "$stamp" ]; then
-    .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e ".${extras}" 2>&1 | grep -vE "^WARNING: Location" || true
+    # Quiet on success; on failure show pip's whole log rather than hiding it.
+    if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -e ".${extras}"; } \
+        >.venv/pip.log 2>&1; then
+      cat .venv/pip.log >&2
+      return 1
+    fi
     echo "$stamp" > .venv/.approvals-installed
   fi
   # Translations are compiled here rather than committed: the .po catalogs are the source.
