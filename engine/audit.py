@@ -14,9 +14,12 @@ def record(conn, at: datetime, actor: str | None, type_: str, instance_id: int |
         at=at, actor=actor, type=type_, instance_id=instance_id, task_id=task_id, data=data or {}))
 
 
+_INSERT = audit_event.insert()
+
+
 def record_many(conn, rows: list[dict]) -> None:
     if rows:
-        conn.execute(audit_event.insert(), rows)
+        conn.execute(_INSERT, rows)
 
 
 def for_instance(conn, instance_id: int) -> list[dict]:

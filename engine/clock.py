@@ -7,6 +7,8 @@ from datetime import datetime, timezone
 from SpiffWorkflow.bpmn.specs.event_definitions.timer import TimerEventDefinition
 from SpiffWorkflow.util.task import TaskState
 
+from .snapshot import tasks_in
+
 # A frozen timer waits here; SpiffWorkflow compares it with "now" and never fires it.
 FROZEN_UNTIL = "9999-12-31T00:00:00+00:00"
 _LIMIT = re.compile(r"^\s*(workdays|workhours)\(\s*(\d+(?:\.\d+)?)\s*\)\s*$")
@@ -53,7 +55,7 @@ def is_timer(definition) -> bool:
 
 
 def waiting_timers(workflow):
-    for task in workflow.get_tasks(state=TaskState.WAITING):
+    for task in tasks_in(workflow, TaskState.WAITING):
         if isinstance(getattr(task.task_spec, "event_definition", None), TimerEventDefinition):
             yield task
 

@@ -5,7 +5,7 @@ import re
 from datetime import datetime
 from uuid import UUID
 
-from sqlalchemy import and_, delete, select, update
+from sqlalchemy import and_, bindparam, delete, select, update
 from SpiffWorkflow.bpmn.specs.mixins.multiinstance_task import MultiInstanceTask
 from SpiffWorkflow.util.task import TaskState
 
@@ -16,6 +16,11 @@ from .store import human_task, task_queue, timer
 
 # Steps drawn outside any department lane are queued for the comprehensive window (综合窗口).
 WINDOW_QUEUE = "__window__"
+# Prebuilt statements of the hot path (see store.py on why).
+_DEQUEUE = delete(task_queue).where(task_queue.c.human_task_id.in_(bindparam("ids", expanding=True)))
+_NEW_TASK = human_task.insert()
+_ENQUEUE = task_queue.insert()
+_NEW_TIMER = timer.insert()
 _GROUP_EXPRESSION = re.compile(r"^\$\{\s*([A-Za-z_]\w*)\s*\}$")
 
 
@@ -30,14 +35,18 @@ def queues_of(user: User) -> list[str]:
     return [*user.departments, WINDOW_QUEUE] if user.has_role("window") else list(user.departments)
 
 
-def sync_human_tasks(conn, case, ready: dict, refresh_due: bool) -> None:
-    open_rows = {r.task_guid: r.id for r in conn.execute(
-        select(human_task.c.task_guid, human_task.c.id).where(
-            human_task.c.instance_id == case.row["id"], human_task.c.status == "open"))}
+def sync_human_tasks(conn, case, ready: dict, snapshot, refresh_due: bool) -> None:
+    """Open a human task for each new READY user task, close the ones that are no longer ready."""
+    open_rows = snapshot.open_tasks
+    if open_rows is None:
+        open_rows = {r.task_guid: r.id for r in conn.execute(
+            select(human_task.c.task_guid, human_task.c.id).where(
+                human_task.c.instance_id == case.row["id"], human_task.c.status == "open"))}
+    still_open = {guid: task_id for guid, task_id in open_rows.items() if guid in ready}
     gone = {guid: task_id for guid, task_id in open_rows.items() if guid not in ready}
     dequeue = list(gone.values()) + ([case.completed_task] if case.completed_task else [])
     if dequeue:
-        conn.execute(delete(task_queue).where(task_queue.c.human_task_id.in_(dequeue)))
+        conn.execute(_DEQUEUE, {"ids": dequeue})
     if gone:
         # Tasks completed through complete() are already closed; the rest were cancelled by the
         # diagram: an interrupting timer (超时默许), a terminate end, or another branch winning.
@@ -58,15 +67,16 @@ def sync_human_tasks(conn, case, ready: dict, refresh_due: bool) -> None:
         settings = extensions(spec)
         departments = resolve_departments(conn, _groups(task))
         yellow = clock.threshold_seconds(case.calendar, settings.get("yellowThreshold"))
-        task_id = conn.execute(human_task.insert().values(
-            instance_id=case.row["id"], task_guid=guid, bpmn_id=spec.bpmn_id or spec.name,
-            name=spec.bpmn_name or spec.bpmn_id, lane=spec.lane, departments=departments,
-            assignee=settings.get("camunda:assignee"), status="open", created_at=case.now,
-            due_at=boundary_due(task), yellow_seconds=yellow or case.row.get("yellow_seconds"),
-        )).inserted_primary_key[0]
-        conn.execute(task_queue.insert(), [{"department_key": d, "human_task_id": task_id}
-                                           for d in departments or [WINDOW_QUEUE]])
+        task_id = conn.execute(_NEW_TASK, {
+            "instance_id": case.row["id"], "task_guid": guid, "bpmn_id": spec.bpmn_id or spec.name,
+            "name": spec.bpmn_name or spec.bpmn_id, "lane": spec.lane, "departments": departments,
+            "assignee": settings.get("camunda:assignee"), "status": "open", "created_at": case.now,
+            "due_at": boundary_due(task), "yellow_seconds": yellow or case.row.get("yellow_seconds"),
+            "urge_count": 0}).inserted_primary_key[0]
+        conn.execute(_ENQUEUE, [{"department_key": d, "human_task_id": task_id} for d in departments or [WINDOW_QUEUE]])
+        still_open[guid] = task_id
         case.event("task_created", task_id, bpmn_id=spec.bpmn_id, departments=departments)
+    snapshot.open_tasks = still_open
 
 
 def _record_cancellation(case, conn, guid: str, task_id: int) -> None:
@@ -113,14 +123,17 @@ def boundary_due(task) -> datetime | None:
     return min(dues) if dues else None
 
 
-def sync_timers(conn, case) -> None:
+def sync_timers(conn, case, snapshot) -> None:
+    """Keep one timer row per waiting timer, with its due moment, for the sweep to find."""
     wanted = {}
     for task in clock.waiting_timers(case.workflow):
         due = clock.timer_due(task)
         if due is not None:
-            wanted[str(task.id)] = (task.task_spec.bpmn_id or task.task_spec.name, due)
-    stored = {r.task_guid: (r.due_at, r.bpmn_id) for r in conn.execute(
-        select(timer.c.task_guid, timer.c.due_at, timer.c.bpmn_id).where(timer.c.instance_id == case.row["id"]))}
+            wanted[str(task.id)] = (due, task.task_spec.bpmn_id or task.task_spec.name)
+    stored = snapshot.timers
+    if stored is None:
+        stored = {r.task_guid: (r.due_at, r.bpmn_id) for r in conn.execute(
+            select(timer.c.task_guid, timer.c.due_at, timer.c.bpmn_id).where(timer.c.instance_id == case.row["id"]))}
     stale = [guid for guid in stored if guid not in wanted]
     if stale:
         conn.execute(delete(timer).where(timer.c.instance_id == case.row["id"], timer.c.task_guid.in_(stale)))
@@ -128,12 +141,14 @@ def sync_timers(conn, case) -> None:
             task = case.workflow.get_task_from_id(UUID(guid))
             if task is not None and task.state & (TaskState.COMPLETED | TaskState.READY):
                 case.event("timer_fired", bpmn_id=stored[guid][1], task_guid=guid, due_at=_iso(stored[guid][0]))
-    for guid, (bpmn_id, due) in wanted.items():
+    for guid, (due, bpmn_id) in wanted.items():
         if guid not in stored:
-            conn.execute(timer.insert().values(instance_id=case.row["id"], task_guid=guid, bpmn_id=bpmn_id, due_at=due))
+            conn.execute(_NEW_TIMER, {"instance_id": case.row["id"], "task_guid": guid, "bpmn_id": bpmn_id,
+                                      "due_at": due})
         elif abs((stored[guid][0] - due).total_seconds()) > 0.001:
             conn.execute(update(timer).where(and_(timer.c.instance_id == case.row["id"], timer.c.task_guid == guid))
                          .values(due_at=due))
+    snapshot.timers = wanted
 
 
 def extensions(spec) -> dict:

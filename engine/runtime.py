@@ -9,7 +9,7 @@ from typing import Callable
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from SpiffWorkflow.bpmn.specs.mixins.multiinstance_task import MultiInstanceTask
@@ -20,7 +20,7 @@ from . import audit, clock, forms, projection
 from .accounts import User
 from .errors import ApprovalsError, Conflict, InvalidInput, NotFound, PermissionDenied, Problem
 from .scripting import using_calendar
-from .snapshot import Snapshot, decode, load_specs, new_workflow, snapshots
+from .snapshot import Snapshot, decode, load_specs, new_workflow, snapshots, tasks_in
 from .store import (
     Database, case_sequence, clock_pause, human_task, process_definition, process_instance, timer,
     workflow_state,
@@ -28,6 +28,19 @@ from .store import (
 from .timekeeping import calendar_for
 
 LOCAL_TZ = ZoneInfo("Asia/Shanghai")
+# Prebuilt statements of the hot path (see store.py on why).
+_TASK_ROW = select(human_task).where(human_task.c.id == bindparam("task_id"))
+# (UPDATE parameters may not reuse a column's name: SQLAlchemy reserves those for the SET clause.)
+_CLOSE_TASK = update(human_task).where(human_task.c.id == bindparam("task_id")).values(
+    status=bindparam("new_status"), completed_at=bindparam("at"), completed_by=bindparam("by"),
+    assignee=bindparam("new_assignee"))
+_SAVE_STATE = update(workflow_state).where(workflow_state.c.instance_id == bindparam("case_id")).values(
+    body=bindparam("new_body"))
+_SAVE_CASE = update(process_instance).where(process_instance.c.id == bindparam("case_id")).values(
+    revision=bindparam("new_revision"), status=bindparam("new_status"), ended_at=bindparam("new_ended_at"),
+    due_at=bindparam("new_due_at"), statutory_due_at=bindparam("new_statutory_due_at"),
+    paused_since=bindparam("new_paused_since"), extended_at=bindparam("new_extended_at"),
+    applicant=bindparam("new_applicant"))
 PAUSE_ROLES = ("window", "lead", "supervisor", "admin")
 EXTEND_ROLES = ("lead", "supervisor", "admin")
 
@@ -48,6 +61,7 @@ class _Case:
     calendar: object = None
     completed_task: int | None = None
     resumed: bool = False
+    task_row: dict | None = None
 
     def event(self, type_: str, task_id: int | None = None, **data) -> None:
         self.events.append({"at": self.now, "actor": self.actor, "type": type_,
@@ -61,14 +75,15 @@ def start_case(db: Database, key: str, data: dict | None = None, actor: str | No
     data = dict(data or {})
 
     def start(conn):
+        now = db.config.now()
         definition = conn.execute(
             select(process_definition.c.id, process_definition.c.version, process_definition.c.spec_json,
                    process_definition.c.properties)
-            .where(process_definition.c.key == key, process_definition.c.status == "active")
+            .where(process_definition.c.key == key, process_definition.c.status == "active",
+                   or_(process_definition.c.activates_at.is_(None), process_definition.c.activates_at <= now))
             .order_by(process_definition.c.version.desc()).limit(1)).first()
         if definition is None:
-            raise NotFound(f"no deployed process {key!r}")
-        now = db.config.now()
+            raise NotFound(f"no active version of process {key!r}")
         calendar = calendar_for(db, conn)
         limits = (definition.properties or {}).get("extensions", {})
         committed = clock.deadline_from(calendar, now, limits.get("committedLimit"))
@@ -134,8 +149,8 @@ def complete(db: Database, task_id: int, user: User, data: dict | None = None, o
         spiff_task.set_data(**values, **_instance_counters(spiff_task))
         with _diagram_errors():
             spiff_task.run()
-        conn.execute(update(human_task).where(human_task.c.id == task_id).values(
-            status="completed", completed_at=case.now, completed_by=user.username, assignee=user.username))
+        conn.execute(_CLOSE_TASK, {"task_id": task_id, "new_status": "completed", "at": case.now,
+                                   "by": user.username, "new_assignee": user.username})
         if not case.row.get("applicant") and _applicant(values):
             # The applicant is usually typed at the window's intake form, not known at start.
             case.row["applicant"] = _applicant(values)
@@ -287,20 +302,28 @@ def extend(db: Database, user: User, workdays: int, reason: str, task_id: int | 
     return {"instance_id": instance_id, "task_id": task_id}
 
 
-def _mutate(db: Database, instance_id: int, actor: str | None, action: Callable,
-            skip_locked: bool = False) -> _Case | None:
-    """Lock the case, run `action(conn, case)` on its live workflow, save if it returns True."""
+def _mutate(db: Database, instance_id: int | None, actor: str | None, action: Callable,
+            skip_locked: bool = False, task_id: int | None = None) -> _Case | None:
+    """Lock the case (found from `task_id` when given), run `action(conn, case)` on its live workflow,
+    and save if it returns True."""
     def run(conn):
-        row = db.lock_instance(conn, instance_id, skip_locked=skip_locked)
+        case_id = instance_id
+        task_row = None
+        if task_id is not None:
+            task_row = _task_row(conn, task_id)
+            case_id = task_row["instance_id"]
+        row = db.lock_instance(conn, case_id, skip_locked=skip_locked)
         if row is None:
             if skip_locked:
                 return None
-            raise NotFound(f"no case {instance_id}")
+            raise NotFound(f"no case {case_id}")
         if row["status"] != "running":
             if skip_locked:
                 return None
             raise Conflict(f"case {row['case_no']} is {row['status']}")
-        case = _Case(dict(row), None, db.config.now(), actor, [], calendar_for(db, conn))
+        if task_row is not None and not db.is_sqlite:
+            task_row = _task_row(conn, task_id)  # PostgreSQL: read again now that the case is locked
+        case = _Case(dict(row), None, db.config.now(), actor, [], calendar_for(db, conn), task_row=task_row)
         snapshot = _snapshot_for(conn, case.row)
         case.workflow = snapshot.workflow
         if action(conn, case):
@@ -311,15 +334,13 @@ def _mutate(db: Database, instance_id: int, actor: str | None, action: Callable,
     outcome = db.run(run)
     if outcome is None:
         return None
-    snapshots.put(instance_id, outcome[0])
+    snapshots.put(outcome[1].row["id"], outcome[0])
     return outcome[1]
 
 
 def _task_action(db: Database, task_id: int, user: User, action: Callable, steps: bool) -> dict:
-    instance_id = _instance_of_task(db, task_id)
-
     def do(conn, case):
-        task_row = conn.execute(select(human_task).where(human_task.c.id == task_id)).mappings().first()
+        task_row = case.task_row
         if not projection.may_work_on(user, task_row):
             raise PermissionDenied(f"task {task_id} belongs to {', '.join(task_row['departments']) or '综合窗口'}; "
                                    f"you are in {', '.join(user.departments) or 'no department'}")
@@ -336,8 +357,15 @@ def _task_action(db: Database, task_id: int, user: User, action: Callable, steps
             _step(case)
         return steps
 
-    case = _mutate(db, instance_id, user.username, do)
-    return {"task_id": task_id, "instance_id": instance_id, "case_status": case.row["status"]}
+    case = _mutate(db, None, user.username, do, task_id=task_id)
+    return {"task_id": task_id, "instance_id": case.row["id"], "case_status": case.row["status"]}
+
+
+def _task_row(conn, task_id: int):
+    row = conn.execute(_TASK_ROW, {"task_id": task_id}).mappings().first()
+    if row is None:
+        raise NotFound(f"no task {task_id}")
+    return row
 
 
 def _instance_of_task(db: Database, task_id: int) -> int:
@@ -364,7 +392,7 @@ def _step(case: _Case) -> None:
         workflow.do_engine_steps()
         # do_engine_steps checks timers only at its very end; a timer that fired there (a limit
         # reached, 超时默许) has left READY engine tasks behind, so run until nothing is ready.
-        while any(not t.task_spec.manual for t in workflow.get_tasks(state=TaskState.READY)):
+        while any(not t.task_spec.manual for t in tasks_in(workflow, TaskState.READY)):
             workflow.do_engine_steps()
 
 
@@ -393,24 +421,26 @@ def _instance_counters(spiff_task) -> dict:
 def _save(db: Database, conn, case: _Case, snapshot: Snapshot, first: bool = False) -> None:
     """Persist the workflow and everything projected from it, in the caller's transaction."""
     workflow, row = case.workflow, case.row
-    ready = {str(t.id): t for t in workflow.get_tasks(state=TaskState.READY, manual=True)}
+    ready = {str(t.id): t for t in tasks_in(workflow, TaskState.READY) if t.task_spec.manual}
     _apply_clock(conn, case, ready)
     body = snapshot.encode()
     if first:
         conn.execute(workflow_state.insert().values(instance_id=row["id"], body=body))
     else:
-        conn.execute(update(workflow_state).where(workflow_state.c.instance_id == row["id"]).values(body=body))
-    projection.sync_human_tasks(conn, case, ready, refresh_due=case.resumed)
-    projection.sync_timers(conn, case)
+        conn.execute(_SAVE_STATE, {"case_id": row["id"], "new_body": body})
+    projection.sync_human_tasks(conn, case, ready, snapshot, refresh_due=case.resumed)
+    projection.sync_timers(conn, case, snapshot)
     revision = row["revision"] + 1
-    values = {"revision": revision, "due_at": row["due_at"], "statutory_due_at": row["statutory_due_at"],
-              "paused_since": row["paused_since"], "extended_at": row.get("extended_at"),
-              "applicant": row.get("applicant")}
+    ended_at = row.get("ended_at")
     if workflow.completed and row["status"] == "running":
         row["status"] = "completed" if workflow.success else "terminated"
-        values.update(status=row["status"], ended_at=case.now)
+        ended_at = case.now
         case.event("case_" + row["status"], outcome=workflow.data.get("outcome") or _last_data(workflow, "outcome"))
-    conn.execute(update(process_instance).where(process_instance.c.id == row["id"]).values(**values))
+    conn.execute(_SAVE_CASE, {
+        "case_id": row["id"], "new_revision": revision, "new_status": row["status"], "new_ended_at": ended_at,
+        "new_due_at": row["due_at"], "new_statutory_due_at": row["statutory_due_at"],
+        "new_paused_since": row["paused_since"], "new_extended_at": row.get("extended_at"),
+        "new_applicant": row.get("applicant")})
     row["revision"] = snapshot.revision = revision
     audit.record_many(conn, case.events)
 

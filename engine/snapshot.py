@@ -17,6 +17,23 @@ from .scripting import script_engine
 _registry = BpmnWorkflowSerializer.configure(CAMUNDA_CONFIG)
 _serializer = BpmnWorkflowSerializer(_registry)
 _FINISHED = TaskState.COMPLETED | TaskState.CANCELLED | TaskState.ERROR
+# The test suite turns this on, so every save in every test proves the fingerprints right.
+VERIFY_INCREMENTAL = False
+
+
+def tasks_in(workflow: BpmnWorkflow, state_mask: int):
+    """Tasks of the workflow and its sub-processes in the given states.
+
+    A plain scan of the task dictionaries: SpiffWorkflow's filtered tree iterator costs several times more
+    and the engine asks this on every save.
+    """
+    for task in workflow.tasks.values():
+        if task.state & state_mask:
+            yield task
+    for sub in workflow.subprocesses.values():
+        for task in sub.tasks.values():
+            if task.state & state_mask:
+                yield task
 
 
 def dump_specs(spec, subprocess_specs: dict) -> str:
@@ -69,14 +86,24 @@ def new_workflow(specs: Specs) -> BpmnWorkflow:
 
 @dataclass
 class Snapshot:
-    """A live workflow plus the encoded form of each task as last saved, keyed by task id."""
+    """A live workflow plus what was last saved from it: each task's encoded form, open tasks, timer rows."""
 
     workflow: BpmnWorkflow
     revision: int
     fragments: dict = field(default_factory=dict)   # UUID -> (fingerprint, json text)
+    # The projection as last written (None: unknown, read it from the database).
+    open_tasks: dict | None = None                  # task guid -> human_task id
+    timers: dict | None = None                      # task guid -> (due_at, bpmn_id)
 
     def encode(self) -> str:
         """Encode the whole workflow state, re-encoding only tasks whose fingerprint moved."""
+        text = self._encode()
+        if VERIFY_INCREMENTAL and text != Snapshot(self.workflow, self.revision)._encode():
+            raise AssertionError("incremental snapshot differs from a full encode: a task changed "
+                                 "without its fingerprint moving")
+        return text
+
+    def _encode(self) -> str:
         workflow = self.workflow
         parts = []
         seen = set()
@@ -93,8 +120,9 @@ class Snapshot:
                 "parent_task_id": str(sub.parent_task_id), "spec": sub.spec.name, "tasks": "@",
                 "typename": _registry.typenames[type(sub)],
             }, sub_parts
-        for stale in set(self.fragments) - seen:
-            del self.fragments[stale]
+        if len(seen) != len(self.fragments):
+            for stale in set(self.fragments) - seen:
+                del self.fragments[stale]
         head = _workflow_head(workflow) | {
             "bpmn_events": _registry.convert(workflow.bpmn_events),
             "typename": _registry.typenames[type(workflow)],
@@ -110,15 +138,33 @@ class Snapshot:
         return head_json + ',"tasks":{' + ",".join(parts) + '},"subprocesses":{' + sub_json + "}}"
 
     def _task_json(self, task_id: UUID, task) -> str:
-        fingerprint = (task.state, task.last_state_change, len(task.children), len(task.data),
-                       len(task.internal_data), task.triggered)
+        fingerprint = _fingerprint(task)
         cached = self.fragments.get(task_id)
-        # Finished tasks are immutable in SpiffWorkflow; live ones may change data without a state change.
-        if cached is not None and cached[0] == fingerprint and task.state & _FINISHED:
+        if cached is not None and fingerprint is not None and cached[0] == fingerprint:
             return cached[1]
         text = f'"{task_id}":' + json.dumps(_registry.convert(task), ensure_ascii=False, separators=(",", ":"))
         self.fragments[task_id] = (fingerprint, text)
         return text
+
+
+def _fingerprint(task):
+    """What decides a task's encoded form, or None when it cannot be known without encoding it.
+
+    SpiffWorkflow changes a task's state (and last_state_change) whenever it changes its data, except in
+    a running multi-instance or sub-process task, which merges its children's results in place: those and
+    their children are always re-encoded. A task's data is stored as a delta against its parent's, so a
+    live parent's data is part of the fingerprint; timers are covered by their internal data.
+    """
+    parent = task.parent
+    if task.state & TaskState.STARTED or (parent is not None and parent.state & TaskState.STARTED):
+        return None
+    internal = task.internal_data
+    mine = (task.state, task.last_state_change, len(task._children), task.triggered, len(task.data),
+            id(task.data), repr(internal) if internal else None)
+    if parent is None or parent.state & _FINISHED:
+        return mine
+    # The delta is taken against the parent's keys: a live parent's data counts too.
+    return mine + (parent.state, parent.last_state_change, id(parent.data), len(parent.data))
 
 
 def _workflow_head(workflow) -> dict:

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
 from sqlalchemy import (
-    JSON, Boolean, Column, Date, DateTime, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Table, Text,
-    UniqueConstraint, create_engine, event, select,
+    JSON, BigInteger, Boolean, Column, Date, DateTime, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Table, Text,
+    UniqueConstraint, bindparam, create_engine, event, select,
 )
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -93,6 +93,8 @@ process_definition = Table(
     Column("status", String(16), nullable=False, default="active"),
     Column("deployed_by", String(64), nullable=True),
     Column("deployed_at", UTCDateTime, nullable=False),
+    # issue 6: a version scheduled for a future date takes no new cases before this moment.
+    Column("activates_at", UTCDateTime, nullable=True),
     UniqueConstraint("key", "version", name="uq_process_definition_key_version"),
 )
 
@@ -245,6 +247,12 @@ APPEND_ONLY_TABLES = ("audit_event",)
 
 T = TypeVar("T")
 
+# Built once: the hot paths run these on every action, and a prebuilt statement skips SQLAlchemy's
+# per-call construction and cache-key work (about a quarter of the cost of a freshly built one).
+_CASE_ROW = select(process_instance).where(process_instance.c.id == bindparam("instance_id"))
+_LOCK_CASE = _CASE_ROW.with_for_update()
+_LOCK_CASE_SKIP = _CASE_ROW.with_for_update(skip_locked=True)
+
 
 class Database:
     """One SQLAlchemy engine plus the transaction discipline every engine function uses."""
@@ -286,10 +294,8 @@ class Database:
 
     def lock_instance(self, conn: Connection, instance_id: int, skip_locked: bool = False):
         """Lock one case row for the rest of the transaction; returns the row or None."""
-        query = select(process_instance).where(process_instance.c.id == instance_id)
-        if not self.is_sqlite:
-            query = query.with_for_update(skip_locked=skip_locked)
-        return conn.execute(query).mappings().first()
+        query = _CASE_ROW if self.is_sqlite else _LOCK_CASE_SKIP if skip_locked else _LOCK_CASE
+        return conn.execute(query, {"instance_id": instance_id}).mappings().first()
 
 
 def _is_transient(exc: DBAPIError) -> bool:
@@ -326,3 +332,158 @@ def _create_engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+# --- issue 6: migration of running cases between versions ---
+# One row per migrated case, keeping what it was before so the migration can be rolled back exactly.
+case_migration = Table(
+    "case_migration", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("instance_id", Integer, ForeignKey("process_instance.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("from_definition_id", Integer, ForeignKey("process_definition.id"), nullable=False),
+    Column("to_definition_id", Integer, ForeignKey("process_definition.id"), nullable=False),
+    Column("migrated_at", UTCDateTime, nullable=False),
+    Column("migrated_by", String(64), nullable=True),
+    # The case's revision right after migrating: a rollback is refused once the case has moved on.
+    Column("revision_after", Integer, nullable=False),
+    Column("state_before", Text, nullable=False),
+    Column("projection_before", JSON, nullable=False),
+    Column("mapping", JSON, nullable=False),
+    Column("rolled_back_at", UTCDateTime, nullable=True),
+    Column("rolled_back_by", String(64), nullable=True),
+)
+
+
+# --- issue 7: applicants (online application, public case query, 好差评 ratings, complaints) ---
+# The query password of a case applied for online; only its argon2 hash is kept.
+applicant_access = Table(
+    "applicant_access", metadata,
+    Column("instance_id", Integer, ForeignKey("process_instance.id", ondelete="CASCADE"), primary_key=True),
+    Column("password_hash", String(255), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("contact", String(100), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+# Every public case query, so N web processes share one rate limit per client address and per case number.
+query_attempt = Table(
+    "query_attempt", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("ip", String(64), nullable=False),
+    Column("case_no", String(64), nullable=True),
+    Column("success", Boolean, nullable=False),
+    Index("ix_query_attempt_ip_at", "ip", "at"),
+    Index("ix_query_attempt_case_no_at", "case_no", "at"),
+)
+
+# 好差评: one rating per case, 5 = 非常满意 ... 1 = 非常不满意; department is the one rated, when the applicant names one.
+rating = Table(
+    "rating", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("instance_id", Integer, ForeignKey("process_instance.id", ondelete="CASCADE"), nullable=False, unique=True),
+    Column("score", Integer, nullable=False),
+    Column("comment", Text, nullable=True),
+    Column("department", String(64), nullable=True),
+    Column("rated_at", UTCDateTime, nullable=False),
+    Index("ix_rating_rated_at", "rated_at"),
+)
+
+# A poor rating (score <= 2) must be followed up (回访整改) within 15 working days.
+follow_up = Table(
+    "follow_up", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("rating_id", Integer, ForeignKey("rating.id", ondelete="CASCADE"), nullable=False, unique=True),
+    Column("instance_id", Integer, ForeignKey("process_instance.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("department", String(64), nullable=True),
+    Column("opened_at", UTCDateTime, nullable=False),
+    Column("due_at", UTCDateTime, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("closed_at", UTCDateTime, nullable=True),
+    Column("closed_by", String(64), nullable=True),
+    Column("resolution", Text, nullable=True),
+    Index("ix_follow_up_status_due", "status", "due_at"),
+)
+
+# Complaints about a case or a department, answered within 10 working days.
+complaint = Table(
+    "complaint", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("reference", String(16), nullable=False, unique=True),
+    Column("instance_id", Integer, ForeignKey("process_instance.id", ondelete="SET NULL"), nullable=True, index=True),
+    Column("department", String(64), nullable=True),
+    Column("subject", String(200), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("contact", String(100), nullable=True),
+    Column("filed_at", UTCDateTime, nullable=False),
+    Column("due_at", UTCDateTime, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("answered_at", UTCDateTime, nullable=True),
+    Column("answered_by", String(64), nullable=True),
+    Column("answer", Text, nullable=True),
+    Index("ix_complaint_status_due", "status", "due_at"),
+)
+
+
+# --- issue 7: supervision (电子监察): violations and the per-case durations statistics aggregate ---
+# One row per red event and responsible department; never deleted (DB triggers), only annotated and closed.
+violation = Table(
+    "violation", metadata,
+    Column("id", Integer, primary_key=True),
+    # kind:instance:task:department — the same breach is recorded once however many paths report it.
+    Column("source_key", String(200), nullable=False, unique=True),
+    Column("kind", String(32), nullable=False),
+    Column("instance_id", Integer, ForeignKey("process_instance.id"), nullable=False, index=True),
+    Column("task_id", Integer, nullable=True),
+    Column("bpmn_id", String(255), nullable=True),
+    Column("department", String(64), nullable=True),
+    Column("clerk", String(64), nullable=True),
+    Column("occurred_at", UTCDateTime, nullable=False),
+    Column("due_at", UTCDateTime, nullable=True),
+    Column("closed_at", UTCDateTime, nullable=True),
+    Column("closed_by", String(64), nullable=True),
+    Index("ix_violation_occurred_at", "occurred_at"),
+    Index("ix_violation_department_occurred", "department", "occurred_at"),
+)
+
+# Supervisors' annotations (and the closing remark) on a violation; append-only.
+violation_note = Table(
+    "violation_note", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("violation_id", Integer, ForeignKey("violation.id"), nullable=False, index=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("author", String(64), nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("text", Text, nullable=False),
+)
+
+# Office time each ended case took, computed once on the calendar so statistics aggregate it in SQL.
+case_duration = Table(
+    "case_duration", metadata,
+    Column("instance_id", Integer, ForeignKey("process_instance.id", ondelete="CASCADE"), primary_key=True),
+    Column("ended_at", UTCDateTime, nullable=False),
+    Column("taken_seconds", Integer, nullable=False),
+    Column("paused_seconds", Integer, nullable=False),
+    # taken minus paused: what the statistics average, and indexed to find a median without sorting them all
+    Column("net_seconds", Integer, nullable=False),
+    Column("committed_seconds", Integer, nullable=True),
+    Column("statutory_seconds", Integer, nullable=True),
+    Column("on_time", Boolean, nullable=False),
+    Column("early", Boolean, nullable=False),
+    Index("ix_case_duration_ended_at", "ended_at"),
+    Index("ix_case_duration_net_seconds", "net_seconds"),
+)
+
+# Per local day and flow (and department, for step figures): the statistics of finished days,
+# summed once so a year's figures read a few thousand rows instead of millions; metric "_rolled" marks a day done.
+supervision_day = Table(
+    "supervision_day", metadata,
+    Column("day", Date, primary_key=True),
+    Column("flow", String(255), primary_key=True),
+    Column("department", String(64), primary_key=True),
+    Column("metric", String(40), primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)
+
+Index("ix_process_instance_ended_at", process_instance.c.ended_at)
+Index("ix_human_task_completed_at", human_task.c.completed_at)

@@ -14,6 +14,7 @@ from engine.config import Config, normalise_database_url
 from engine.store import Database, metadata
 
 REPO = Path(__file__).resolve().parent.parent
+snapshot.VERIFY_INCREMENTAL = True
 # argon2id at its cheapest: tests create many users; production keeps the recommended cost.
 CHEAP_PASSWORDS = {"password_time_cost": 1, "password_memory_kib": 64, "password_parallelism": 1}
 PG_URL = normalise_database_url(os.environ.get("DATABASE_URL", "")) if os.environ.get(
