@@ -15,11 +15,13 @@ from .errors import AuthenticationFailed, Conflict, InvalidInput, NotFound, Prob
 from .store import Database, app_user, department, user_department
 
 ROLES = ("clerk", "window", "lead", "supervisor", "designer", "admin")
+# Actors the system itself records in the audit trail; no person may log in under these names.
+RESERVED_USERNAMES = {"online", "system", "cli", "seed", "init"}
 _KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _hashers: dict[tuple[int, int, int], tuple[PasswordHasher, str]] = {}
 
 
-def _hasher(db: Database) -> tuple[PasswordHasher, str]:
+def password_hasher(db: Database) -> tuple[PasswordHasher, str]:
     """The configured argon2id hasher, and a hash to verify against when a user does not exist."""
     key = (db.config.password_time_cost, db.config.password_memory_kib, db.config.password_parallelism)
     if key not in _hashers:
@@ -81,6 +83,8 @@ def create_user(db: Database, username: str, password: str, name: str | None = N
     problems = []
     if not isinstance(username, str) or not _KEY.match(username):
         problems.append(Problem("username must be 1-64 letters, digits, '_', '-' or '.'", field="username"))
+    elif username in RESERVED_USERNAMES:
+        problems.append(Problem(f"{username!r} is reserved for the system", field="username"))
     if not isinstance(password, str) or len(password) < 8:
         problems.append(Problem("password must be at least 8 characters", field="password"))
     bad_roles = [r for r in roles if r not in ROLES]
@@ -97,7 +101,7 @@ def create_user(db: Database, username: str, password: str, name: str | None = N
         if conn.execute(select(app_user.c.id).where(app_user.c.username == username)).first():
             raise Conflict(f"user {username!r} already exists")
         user_id = conn.execute(app_user.insert().values(
-            username=username, name=name or username, password_hash=_hasher(db)[0].hash(password),
+            username=username, name=name or username, password_hash=password_hasher(db)[0].hash(password),
             roles=",".join(roles), active=True, created_at=db.config.now())).inserted_primary_key[0]
         if departments:
             conn.execute(user_department.insert(), [{"user_id": user_id, "department_key": d} for d in departments])
@@ -117,7 +121,7 @@ def set_password(db: Database, username: str, password: str, actor: str | None =
 
     def update(conn):
         changed = conn.execute(app_user.update().where(app_user.c.username == username)
-                               .values(password_hash=_hasher(db)[0].hash(password))).rowcount
+                               .values(password_hash=password_hasher(db)[0].hash(password))).rowcount
         if not changed:
             raise NotFound(f"no user {username!r}")
         audit.record(conn, db.config.now(), actor, "password_set", data={"username": username})
@@ -129,7 +133,7 @@ def authenticate(db: Database, username: str, password: str) -> User:
     """The same error, after the same work, whether the user is unknown or the password wrong."""
     with db.read() as conn:
         row = conn.execute(select(app_user).where(app_user.c.username == str(username or ""))).mappings().first()
-    hasher, dummy_hash = _hasher(db)
+    hasher, dummy_hash = password_hasher(db)
     # Unknown users are checked against a dummy hash so both failures cost the same time.
     stored = row["password_hash"] if row is not None and row["active"] else dummy_hash
     try:

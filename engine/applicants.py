@@ -9,11 +9,10 @@ from datetime import datetime, timedelta
 from types import SimpleNamespace
 from uuid import UUID
 
-from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import and_, func, or_, select, update
 
-from . import audit, casefile, forms, runtime
+from . import accounts, audit, casefile, forms, runtime
 from .accounts import User
 from .errors import ApprovalsError, Conflict, FormInvalid, NotFound, Problem
 from .lights import light_of
@@ -47,7 +46,6 @@ FILE_TYPES = {
     "ofd": ("application/ofd", (b"PK\x03\x04",)),
 }
 _UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]")
-_hashers: dict[tuple, tuple[PasswordHasher, str]] = {}
 # casefile.notice reads on behalf of a user; the public pages have none, and only call it for a case
 # whose password or notice code this browser has given, so they read as the window would.
 _NOTICE_READER = User(0, ONLINE_ACTOR, "网上申报", ("window",), ())
@@ -131,23 +129,22 @@ def apply(db: Database, key: str, values: dict, uploads: list[Upload] | None = N
     if problems:
         raise FormInvalid(problems, "the application has invalid fields")
     password = "".join(secrets.choice(PASSWORD_ALPHABET) for _ in range(PASSWORD_LENGTH))
-    password_hash = _hasher(db)[0].hash(password)
+    password_hash = accounts.password_hasher(db)[0].hash(password)
     supplied = sorted({u.material_key for u in uploads})
     data = {**typed, **{MATERIAL_PREFIX + k: True for k in supplied}, "channel": CHANNEL}
-    started = runtime.start_case(db, key, data, ONLINE_ACTOR)
 
-    def store(conn):
+    def store(conn, instance_id):
+        # In the case's own transaction: no case without its password and materials.
         now = db.config.now()
         conn.execute(applicant_access.insert().values(
-            instance_id=started["id"], password_hash=password_hash, channel=CHANNEL, contact=contact, created_at=now))
+            instance_id=instance_id, password_hash=password_hash, channel=CHANNEL, contact=contact, created_at=now))
         for upload in uploads:
-            _store_upload(conn, now, started["id"], None, upload)
-        audit.record(conn, now, ONLINE_ACTOR, "online_application", started["id"],
+            _store_upload(conn, now, instance_id, None, upload)
+        audit.record(conn, now, ONLINE_ACTOR, "online_application", instance_id,
                      data={"materials": supplied, "files": len(uploads)})
-        return conn.execute(select(process_instance.c.verification_code)
-                            .where(process_instance.c.id == started["id"])).scalar()
 
-    code = db.run(store)
+    started = runtime.start_case(db, key, data, ONLINE_ACTOR, also=store)
+    code = started["verification_code"]
     return {"id": started["id"], "case_no": started["case_no"], "password": password,
             "verification_code": code, "process_key": key, "process_name": form["name"]}
 
@@ -206,7 +203,7 @@ def query_case(db: Database, case_no: str, password: str, ip: str) -> dict:
         row = conn.execute(select(process_instance.c.id, applicant_access.c.password_hash)
                            .join(applicant_access, applicant_access.c.instance_id == process_instance.c.id)
                            .where(process_instance.c.case_no == case_no)).first()
-    hasher, dummy = _hasher(db)
+    hasher, dummy = accounts.password_hasher(db)
     try:
         hasher.verify(row.password_hash if row is not None else dummy, str(password or ""))
         ok = row is not None
@@ -419,14 +416,6 @@ def _store_upload(conn, now: datetime, instance_id: int, task_id: int | None, up
         content_type=FILE_TYPES[extension][0], size=len(upload.data),
         sha256=hashlib.sha256(upload.data).hexdigest(), content=upload.data,
         uploaded_by=ONLINE_ACTOR, uploaded_at=now))
-
-
-def _hasher(db: Database) -> tuple[PasswordHasher, str]:
-    key = (db.config.password_time_cost, db.config.password_memory_kib, db.config.password_parallelism)
-    if key not in _hashers:
-        hasher = PasswordHasher(time_cost=key[0], memory_cost=key[1], parallelism=key[2])
-        _hashers[key] = (hasher, hasher.hash(secrets.token_hex(8)))
-    return _hashers[key]
 
 
 def _begin_attempt(db: Database, ip: str, subject: str) -> int:

@@ -1,6 +1,8 @@
 """The BPMN dialect we accept: hardened XML parsing plus Camunda Modeler extensions on top of SpiffWorkflow."""
 from __future__ import annotations
 
+import ast
+import builtins
 import codecs
 import re
 from datetime import datetime
@@ -17,6 +19,8 @@ from SpiffWorkflow.camunda.parser.event_parsers import (
 from SpiffWorkflow.camunda.parser.task_spec import CAMUNDA_MODEL_NS, UserTaskParser
 from SpiffWorkflow.camunda.specs.user_task import UserTask
 from SpiffWorkflow.bpmn.specs.defaults import BoundaryEvent, IntermediateCatchEvent, StartEvent
+
+from .scripting import LIMIT_FUNCTIONS
 
 BPMN_NS = "http://www.omg.org/spec/BPMN/20100524/MODEL"
 CAMUNDA = "{%s}" % CAMUNDA_MODEL_NS
@@ -146,12 +150,25 @@ class _TimerLiteralMixin:
                 node=self.node, file_name=self.filename)
         else:
             try:
-                compile(raw, "<timer>", "eval")
+                tree = ast.parse(raw, "<timer>", "eval")
             except SyntaxError as exc:
                 raise ValidationException(
                     f"Timer value {raw!r} is neither an ISO-8601 literal nor a valid expression: {exc.msg}",
                     node=self.node, file_name=self.filename) from None
+            unknown = sorted(_unknown_functions(tree))
+            if unknown:
+                raise ValidationException(
+                    f"Timer value {raw!r} calls {', '.join(unknown)}(), which does not exist; write the limit as "
+                    f"workdays(N), workhours(H) or an ISO-8601 value such as P2D", node=self.node,
+                    file_name=self.filename)
         return definition
+
+
+def _unknown_functions(tree) -> set[str]:
+    """Names called in an expression that neither the limit functions nor Python's builtins provide."""
+    known = set(LIMIT_FUNCTIONS) | set(dir(builtins))
+    return {node.func.id for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id not in known}
 
 
 def _as_local(raw: str) -> str:

@@ -68,8 +68,9 @@ class _Case:
                             "instance_id": self.row["id"], "task_id": task_id, "data": data})
 
 
-def start_case(db: Database, key: str, data: dict | None = None, actor: str | None = None) -> dict:
-    """Start a case on the latest active version of `key`."""
+def start_case(db: Database, key: str, data: dict | None = None, actor: str | None = None,
+               also: Callable | None = None) -> dict:
+    """Start a case on the latest active version of `key`; `also(conn, instance_id)` joins its transaction."""
     if data is not None and not isinstance(data, dict):
         raise InvalidInput(Problem("data must be a JSON object", field="data"))
     data = dict(data or {})
@@ -90,10 +91,11 @@ def start_case(db: Database, key: str, data: dict | None = None, actor: str | No
         statutory = clock.deadline_from(calendar, now, limits.get("statutoryLimit"))
         yellow = clock.threshold_seconds(calendar, limits.get("yellowThreshold"))
         case_no = _next_case_no(db, conn, now)
+        verification_code = secrets.token_hex(6).upper()
         instance_id = conn.execute(process_instance.insert().values(
             definition_id=definition.id, case_no=case_no, status="running", revision=0,
             applicant=_applicant(data), started_by=actor, started_at=now, yellow_seconds=yellow,
-            verification_code=secrets.token_hex(6).upper(),
+            verification_code=verification_code,
             due_at=committed.at if committed else None, statutory_due_at=statutory.at if statutory else None,
         )).inserted_primary_key[0]
         row = {"id": instance_id, "definition_id": definition.id, "revision": 0, "status": "running",
@@ -108,8 +110,11 @@ def start_case(db: Database, key: str, data: dict | None = None, actor: str | No
         snapshot = Snapshot(workflow, revision=0)
         _step(case)
         _save(db, conn, case, snapshot, first=True)
+        if also is not None:
+            also(conn, instance_id)
         return snapshot, {"id": instance_id, "case_no": case_no, "status": case.row["status"],
-                          "version": definition.version, "process_key": key}
+                          "version": definition.version, "process_key": key,
+                          "verification_code": verification_code}
 
     snapshot, result = db.run(start)
     snapshots.put(result["id"], snapshot)

@@ -30,7 +30,7 @@ ensure_assets() {
     return 1
   fi
   local stamp
-  stamp="$(cat webui/package-lock.json webui/build.mjs webui/assets/*.js 2>/dev/null | sha256sum | cut -c1-16)"
+  stamp="$(find webui/package-lock.json webui/build.mjs webui/assets -type f 2>/dev/null | sort | xargs cat | sha256sum | cut -c1-16)"
   if [ ! -d webui/node_modules ] || [ "$(cat webui/static/dist/.stamp 2>/dev/null)" != "$stamp" ]; then
     (cd webui && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build)
     mkdir -p webui/static/dist

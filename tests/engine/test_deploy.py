@@ -608,3 +608,13 @@ def test_fuzzed_diagrams_deploy_or_are_refused_never_crash(db):
     with db.read() as conn:
         versions = conn.execute(select(func.count()).select_from(process_definition)).scalar()
     assert versions <= outcomes["deployed"]
+
+
+def test_a_misspelt_limit_function_is_refused_at_deploy(db):
+    from engine import deploy as deploy_module
+    from engine.errors import DeploymentInvalid
+    xml = (REPO / "tests" / "fixtures" / "bpmn" / "time_limits.bpmn").read_text(encoding="utf-8")
+    with pytest.raises(DeploymentInvalid) as refused:
+        deploy_module.deploy(db, [deploy_module.SourceFile("typo.bpmn", xml.replace("workhours(4)", "workhourz(4)").encode())])
+    problem = refused.value.problems[0]
+    assert problem.element_id == "swj_urge" and "workhourz" in problem.message and "workhours(H)" in problem.message
