@@ -7,7 +7,6 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import SimpleNamespace
-from uuid import UUID
 
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import and_, func, or_, select, update
@@ -17,7 +16,7 @@ from .accounts import User
 from .errors import ApprovalsError, Conflict, FormInvalid, NotFound, Problem
 from .lights import light_of
 from .projection import extensions
-from .snapshot import decode, load_specs
+from .snapshot import decode, find_task, load_specs
 from .store import (
     Database, applicant_access, attachment, department, human_task, process_definition, process_instance,
     query_attempt, workflow_state,
@@ -492,7 +491,7 @@ def _task_data(conn, row, specs, task_guid: str) -> dict:
     """The data an open task holds, read from the stored workflow (nothing is stepped or saved)."""
     body = conn.execute(select(workflow_state.c.body).where(workflow_state.c.instance_id == row["id"])).scalar()
     workflow = decode(body, specs)
-    task = workflow.get_task_from_id(UUID(task_guid))
+    task = find_task(workflow, task_guid)
     return dict(task.data) if task is not None else {}
 
 

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from uuid import UUID
 
 from sqlalchemy import and_, bindparam, delete, select, update
 from SpiffWorkflow.bpmn.specs.mixins.multiinstance_task import MultiInstanceTask
 from SpiffWorkflow.util.task import TaskState
 
 from . import clock
+from .snapshot import find_task
 from .accounts import User, resolve_departments
 from .bpmn import task_departments
 from .store import human_task, task_queue, timer
@@ -80,7 +80,7 @@ def sync_human_tasks(conn, case, ready: dict, snapshot, refresh_due: bool) -> No
 
 
 def _record_cancellation(case, conn, guid: str, task_id: int) -> None:
-    task = case.workflow.get_task_from_id(UUID(guid))
+    task = find_task(case.workflow, guid)
     deemed = None
     if task is not None and task.parent is not None:
         for sibling in task.parent.children:
@@ -138,7 +138,7 @@ def sync_timers(conn, case, snapshot) -> None:
     if stale:
         conn.execute(delete(timer).where(timer.c.instance_id == case.row["id"], timer.c.task_guid.in_(stale)))
         for guid in stale:
-            task = case.workflow.get_task_from_id(UUID(guid))
+            task = find_task(case.workflow, guid)
             if task is not None and task.state & (TaskState.COMPLETED | TaskState.READY):
                 case.event("timer_fired", bpmn_id=stored[guid][1], task_guid=guid, due_at=_iso(stored[guid][0]))
     for guid, (due, bpmn_id) in wanted.items():

@@ -6,7 +6,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable
-from uuid import UUID
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import bindparam, or_, select, update
@@ -16,11 +15,11 @@ from SpiffWorkflow.bpmn.specs.mixins.multiinstance_task import MultiInstanceTask
 from SpiffWorkflow.exceptions import WorkflowException
 from SpiffWorkflow.util.task import TaskState
 
-from . import audit, clock, forms, projection
+from . import audit, clock, forms, projection, violations
 from .accounts import User
 from .errors import ApprovalsError, Conflict, InvalidInput, NotFound, PermissionDenied, Problem
 from .scripting import using_calendar
-from .snapshot import Snapshot, decode, load_specs, new_workflow, snapshots, tasks_in
+from .snapshot import Snapshot, decode, find_task, load_specs, new_workflow, snapshots, tasks_in
 from .store import (
     Database, case_sequence, clock_pause, human_task, process_definition, process_instance, timer,
     workflow_state,
@@ -196,10 +195,11 @@ def send_back(db: Database, task_id: int, user: User, target_task_id: int, reaso
     def do(conn, case, task_row, spiff_task):
         target = conn.execute(select(human_task.c.task_guid, human_task.c.bpmn_id)
                               .where(human_task.c.id == target_task_id)).first()
-        earlier = case.workflow.get_task_from_id(UUID(target.task_guid))
+        earlier = find_task(case.workflow, target.task_guid)
         if earlier is None or earlier.state != TaskState.COMPLETED:
             raise Conflict("that step can no longer be returned to")
         case.workflow.reset_from_task_id(earlier.id)
+        _forget_removed_catchers(case.workflow)
         if spiff_task.state == TaskState.READY:
             # A step after a parallel join is not below the reset branch; it must wait for the redo.
             spiff_task.cancel()
@@ -209,6 +209,15 @@ def send_back(db: Database, task_id: int, user: User, target_task_id: int, reaso
         case.event("task_sent_back", task_id, bpmn_id=task_row["bpmn_id"], to=target.bpmn_id,
                    to_task_id=target_task_id, reason=reason.strip())
     return _task_action(db, task_id, user, do, steps=True)
+
+
+def _forget_removed_catchers(workflow) -> None:
+    """SpiffWorkflow's reset drops tasks but leaves their timers registered for catching; unregister them."""
+    manager = workflow.event_manager
+    live = {task.id for task in tasks_in(workflow, TaskState.ANY_MASK)}
+    for task in list(manager.tasks.values()):
+        if task.id not in live:
+            manager.remove_task(task)
 
 
 def fire_due_timers(db: Database, instance_id: int) -> int:
@@ -294,7 +303,7 @@ def extend(db: Database, user: User, workdays: int, reason: str, task_id: int | 
             raise Conflict("this task's limit has already been extended once")
         if task_row["due_at"] is None or task_row["due_at"] <= case.now:
             raise Conflict("only a running limit can be extended, before it expires")
-        spiff_task = case.workflow.get_task_from_id(UUID(task_row["task_guid"]))
+        spiff_task = find_task(case.workflow, task_row["task_guid"])
         guids = {str(t.id) for t in spiff_task.parent.children if t is not spiff_task}
         clock.extend_timers(case.workflow, calendar, guids, workdays)
         new_due = projection.boundary_due(spiff_task)
@@ -355,7 +364,7 @@ def _task_action(db: Database, task_id: int, user: User, action: Callable, steps
             action(conn, case, task_row, None)
             audit.record_many(conn, case.events)
         else:
-            spiff_task = case.workflow.get_task_from_id(UUID(task_row["task_guid"]))
+            spiff_task = find_task(case.workflow, task_row["task_guid"])
             if spiff_task is None or spiff_task.state != TaskState.READY:
                 raise Conflict(f"task {task_id} is no longer ready")
             action(conn, case, task_row, spiff_task)
@@ -447,6 +456,7 @@ def _save(db: Database, conn, case: _Case, snapshot: Snapshot, first: bool = Fal
         "new_paused_since": row["paused_since"], "new_extended_at": row.get("extended_at"),
         "new_applicant": row.get("applicant")})
     row["revision"] = snapshot.revision = revision
+    violations.record_violations(conn, case.events)   # a deemed consent is a violation of its department
     audit.record_many(conn, case.events)
 
 

@@ -10,6 +10,7 @@ from uuid import UUID
 from SpiffWorkflow.bpmn.serializer.workflow import VERSION as SERIALIZER_VERSION, BpmnWorkflowSerializer
 from SpiffWorkflow.bpmn.workflow import BpmnWorkflow
 from SpiffWorkflow.camunda.serializer.config import CAMUNDA_CONFIG
+from SpiffWorkflow.exceptions import TaskNotFoundException
 from SpiffWorkflow.util.task import TaskState
 
 from .scripting import script_engine
@@ -34,6 +35,14 @@ def tasks_in(workflow: BpmnWorkflow, state_mask: int):
         for task in sub.tasks.values():
             if task.state & state_mask:
                 yield task
+
+
+def find_task(workflow: BpmnWorkflow, guid: str | UUID):
+    """The task with this id (sub-processes included), or None; SpiffWorkflow itself raises instead."""
+    try:
+        return workflow.get_task_from_id(guid if isinstance(guid, UUID) else UUID(guid))
+    except TaskNotFoundException:
+        return None
 
 
 def dump_specs(spec, subprocess_specs: dict) -> str:

@@ -30,10 +30,10 @@ ensure_assets() {
     return 1
   fi
   local stamp
-  stamp="$(find webui/package-lock.json webui/build.mjs webui/assets -type f 2>/dev/null | sort | xargs cat | sha256sum | cut -c1-16)"
+  mkdir -p webui/assets webui/static/dist
+  stamp="$(find webui/package-lock.json webui/build.mjs webui/assets -type f | sort | xargs cat | sha256sum | cut -c1-16)"
   if [ ! -d webui/node_modules ] || [ "$(cat webui/static/dist/.stamp 2>/dev/null)" != "$stamp" ]; then
     (cd webui && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build)
-    mkdir -p webui/static/dist
     echo "$stamp" > webui/static/dist/.stamp
   fi
 }

@@ -200,3 +200,20 @@ def test_yellow_threshold_is_configurable_per_flow_and_task(db, org):
     with time_machine.travel(at("2026-10-12 10:00"), tick=False):
         # the case has 13 working hours left: yellow under the flow's 2-working-day threshold
         assert worklist.get_instance(db, case["id"])["light"] == "yellow"
+
+
+def test_sending_back_past_the_split_drops_the_branches_timers(db, limits):
+    """退回 to intake from a branch with a pending 催办 timer: the branches and their timers go away cleanly."""
+    from engine import accounts
+    case = accept(db, limits, "2026-09-30 10:00")
+    lead = accounts.create_user(db, "swjlead", "swj-lead-pass", "税务负责人", ["swj"], ["clerk", "lead"])
+    review = only_task(db, lead, "review_swj")
+    targets = {t["bpmn_id"]: t["id"] for t in runtime.send_back_targets(db, review["id"])}
+    with time_machine.travel(at("2026-09-30 11:00"), tick=False):
+        runtime.send_back(db, review["id"], lead, targets["intake"], "材料需重新受理")
+    open_steps = [t["bpmn_id"] for t in worklist.get_instance(db, case["id"])["tasks"] if t["status"] == "open"]
+    assert open_steps == ["intake"]
+    with db.read() as conn:
+        assert conn.execute(select(timer)).all() == []
+    with time_machine.travel(at("2026-10-20 11:00"), tick=False):
+        assert timers.sweep(db) == 0
