@@ -5,7 +5,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select, update
 
-from . import audit
+from . import audit, violations
 from .store import Database, human_task, process_instance
 from .timekeeping import calendar_for
 
@@ -62,6 +62,7 @@ def sweep_lights(db: Database, now: datetime | None = None) -> int:
                         process_instance.c.id == row.id, process_instance.c.statutory_exceeded_at.is_(None))
                         .values(statutory_exceeded_at=now)).rowcount):
                 events.append(_event(now, "statutory_limit_exceeded", row.id, None, due_at=row.statutory_due_at))
+        violations.record_violations(conn, events)
         audit.record_many(conn, events)
         return len(events)
 

@@ -13,11 +13,12 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import DBAPIError
 
-from . import lights, runtime
+from . import applicants, lights, runtime, supervision
 from .config import Config
 from .store import Database, process_instance, timer
 
 LIGHTS_INTERVAL_SECONDS = 60
+STATISTICS_INTERVAL_SECONDS = 3600
 log = logging.getLogger(__name__)
 
 
@@ -172,6 +173,18 @@ class TimerScheduler(BackgroundScheduler):
         self.add_job(self._run_lights, "interval", seconds=max(interval, LIGHTS_INTERVAL_SECONDS),
                      id="light-sweep", name="light sweep", max_instances=1, coalesce=True,
                      misfire_grace_time=None, next_run_time=datetime.now(timezone.utc))
+        # Supervision statistics read pre-summed days; summing them (and pruning old query attempts) hourly
+        # keeps a one-year query fast. The first run waits a while so start-up stays quick.
+        self.add_job(self._run_statistics, "interval", seconds=STATISTICS_INTERVAL_SECONDS, id="statistics",
+                     name="statistics roll-up", max_instances=1, coalesce=True, misfire_grace_time=None)
+
+    def _run_statistics(self) -> None:
+        try:
+            supervision.refresh_durations(self.db)
+            supervision.roll_up(self.db)
+            applicants.prune_attempts(self.db)
+        except Exception:
+            log.exception("statistics roll-up failed; retrying next hour")
 
     def _run_lights(self) -> None:
         try:
