@@ -22,7 +22,7 @@ def upgrade(db: Database) -> None:
     config = alembic_config(db)
     with db.engine.begin() as conn:
         config.attributes["connection"] = conn
-        command.upgrade(config, "heads")  # feature branches of the schema may each add a head
+        command.upgrade(config, "heads")  # a feature branch of the schema may add a head until merged
 
 
 def make_revision(db: Database, message: str) -> None:

@@ -168,6 +168,8 @@ task_queue = Table(
     "task_queue", metadata,
     Column("department_key", String(64), primary_key=True),
     Column("human_task_id", Integer, ForeignKey("human_task.id", ondelete="CASCADE"), primary_key=True),
+    # Closing a task removes its rows by task alone; without this that read the whole queue.
+    Index("ix_task_queue_human_task_id", "human_task_id"),
 )
 
 audit_event = Table(
