@@ -201,8 +201,11 @@ def send_back(db: Database, task_id: int, user: User, target_task_id: int, reaso
         case.workflow.reset_from_task_id(earlier.id)
         _forget_removed_catchers(case.workflow)
         if spiff_task.state == TaskState.READY:
-            # A step after a parallel join is not below the reset branch; it must wait for the redo.
-            spiff_task.cancel()
+            # A step after a parallel join is not below the reset branch; it must wait for the redo. Cancel it
+            # with its boundary events, or their timers stay waiting and are orphaned when the join runs again.
+            group = spiff_task.parent
+            on_boundary = group is not None and group.task_spec.name.endswith(".BoundaryEventSplit")
+            (group if on_boundary else spiff_task).cancel()
         conn.execute(update(human_task).where(human_task.c.id == task_id).values(
             status="sent_back", completed_at=case.now, completed_by=user.username))
         case.completed_task = task_id

@@ -6,7 +6,7 @@ import pytest
 from engine import accounts, handover, runtime, worklist
 from engine.errors import Conflict, InvalidInput, PermissionDenied
 from tests.engine.test_runtime import DEPARTMENTS, PARALLEL, REVIEWERS, start_and_accept, task_named
-from tests.conftest import deploy_text
+from tests.conftest import REPO as REPO_ROOT, deploy_text
 
 
 @pytest.fixture
@@ -101,3 +101,25 @@ def test_urge_by_a_lead(db, flow):
     events = [e for e in worklist.get_instance(db, task["instance_id"])["events"] if e["type"] == "task_urged"]
     assert [e["data"]["message"] for e in events] == ["申请人今日来取件，请尽快办理", "再次催办"]
     assert worklist.get_task(db, task["id"], flow["gaj1"])["urge_count"] == 2
+
+
+def test_sending_back_from_a_step_with_its_own_time_limit(db, org):
+    """The consolidation's own limit must not survive a 退回 as a stray timer."""
+    from engine.store import timer
+    from sqlalchemy import select
+    xml = (REPO_ROOT / "tests" / "fixtures" / "bpmn" / "time_limits.bpmn").read_text(encoding="utf-8")
+    deploy_text(db, "time_limits.bpmn", xml)
+    lead = accounts.create_user(db, "gajlead", "gaj-lead-pass", "公安负责人", ["gaj"], ["clerk", "lead"])
+    case = runtime.start_case(db, "time_limits", {}, "window1")
+    runtime.complete(db, task_named(db, org["window1"], "intake", case["id"])["id"], org["window1"],
+                     {"decision": "accept"})
+    review = task_named(db, lead, "review_gaj", case["id"])
+    targets = {t["bpmn_id"]: t["id"] for t in runtime.send_back_targets(db, review["id"])}
+    runtime.send_back(db, review["id"], lead, targets["intake"], "重新受理")
+    runtime.complete(db, task_named(db, org["window1"], "intake", case["id"])["id"], org["window1"],
+                     {"decision": "accept"})
+    redo = task_named(db, lead, "review_gaj", case["id"])
+    runtime.complete(db, redo["id"], lead, {"gaj_approved": True})
+    with db.read() as conn:
+        bpmn_ids = sorted(r.bpmn_id for r in conn.execute(select(timer.c.bpmn_id)))
+    assert bpmn_ids == ["swj_urge"]          # only the live branch's escalation is still waiting
