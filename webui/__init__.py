@@ -17,9 +17,18 @@ from engine.store import Database
 from . import errors
 from .api import api
 from .auth import DB_EXTENSION
+from .cases import cases
+from .admin import admin
+from .designer import designer
+from .designer_api import designer_api
 from .pages import pages
+from .public import public
+from .feedback import feedback
 from .login import page_user, session_pages
 from .time_api import time_api
+from .supervision import supervision
+from .supervision_api import supervision_api
+from .tasks import tasks
 
 # A deployment upload may carry several diagrams and their guides, each up to max_upload_bytes.
 UPLOAD_FILES = 8
@@ -59,10 +68,10 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.extensions[DB_EXTENSION] = db
     Babel(app, locale_selector=_choose_locale)
     csrf = CSRFProtect(app)
-    for blueprint in (api, time_api):
+    for blueprint in (api, time_api, designer_api, supervision_api):
         csrf.exempt(blueprint)   # bearer tokens, not cookies: no cross-site request can carry them
         app.register_blueprint(blueprint)
-    for blueprint in (session_pages, pages):
+    for blueprint in (session_pages, pages, cases, public, feedback, designer, admin, supervision, tasks):
         app.register_blueprint(blueprint)
     app.context_processor(_page_context)
     errors.register(app)
@@ -74,7 +83,8 @@ NAV = [
     ("tasks.task_list", _l("To do"), ()),
     ("tasks.done_list", _l("Done"), ()),
     ("cases.case_list", _l("All cases"), ("supervisor", "admin", "window")),
-    ("supervision.board", _l("Supervision"), ("supervisor", "admin")),
+    ("supervision.board", _l("Supervision"), ("supervisor", "admin", "lead")),
+    ("feedback.index", _l("Ratings and complaints"), ("supervisor", "admin", "window", "lead")),
     ("designer.index", _l("Designer"), ("designer", "admin")),
     ("admin.index", _l("Administration"), ("admin",)),
 ]

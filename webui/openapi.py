@@ -339,3 +339,7 @@ def document() -> dict:
             "responses": RESPONSES,
         },
     }
+
+
+from . import openapi_designer  # noqa: E402,F401  (appends the designer/admin paths)
+from . import openapi_supervision  # noqa: E402,F401  (appends the supervision paths)
