@@ -1,6 +1,9 @@
 """Fixtures for the web layer: an app on the test database, a client, and bearer tokens for the demo users."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from webui import create_app
@@ -37,3 +40,21 @@ def auth(client, org):
         return cache[username]
 
     return headers
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture
+def browser():
+    """Debian's Chromium driven by Playwright; skipped locally without it, a failure in CI (./test installs it)."""
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing; install Debian's chromium", pytrace=False)
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium fonts-noto-cjk)")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        yield chromium
+        chromium.close()

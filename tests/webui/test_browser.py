@@ -1,7 +1,6 @@
 """A whole 企业开办 case in headless Chromium against a real HTTP server: window, lead, six departments, 退回, notices."""
 from __future__ import annotations
 
-import os
 import re
 import threading
 from pathlib import Path
@@ -45,20 +44,6 @@ def server(db_config):
     http.shutdown()
     thread.join(timeout=10)
     app.extensions[DB_EXTENSION].dispose()
-
-
-@pytest.fixture
-def browser():
-    if not CHROMIUM.exists():
-        if os.environ.get("CI"):   # CI installs it (./test, through apt): missing there is a failure
-            pytest.fail(f"{CHROMIUM} is missing; install Debian's chromium", pytrace=False)
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium fonts-noto-cjk)")
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        yield chromium
-        chromium.close()
 
 
 class Clerk:

@@ -1,7 +1,6 @@
 """Online application end to end in headless Chromium: apply with files → the window accepts → departments finish → the applicant queries and rates."""
 from __future__ import annotations
 
-import os
 import re
 import threading
 from pathlib import Path
@@ -44,20 +43,6 @@ def site(db_config):
     thread.join(timeout=10)
     app.extensions[DB_EXTENSION].dispose()
     db.dispose()
-
-
-@pytest.fixture
-def browser():
-    if not CHROMIUM.exists():
-        if os.environ.get("CI"):   # CI installs it (./test, through apt): missing there is a failure
-            pytest.fail(f"{CHROMIUM} is missing; install Debian's chromium", pytrace=False)
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium fonts-noto-cjk)")
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        yield chromium
-        chromium.close()
 
 
 def new_page(browser):

@@ -1,7 +1,6 @@
 """The supervision board in headless Chromium against a real HTTP server: counts, colours, and a red item arriving live."""
 from __future__ import annotations
 
-import os
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -37,20 +36,6 @@ def setup(db_config):
     thread.join(timeout=10)
     app.extensions[DB_EXTENSION].dispose()
     db.dispose()
-
-
-@pytest.fixture
-def browser():
-    if not CHROMIUM.exists():
-        if os.environ.get("CI"):   # CI installs it: missing there is a failure
-            pytest.fail(f"{CHROMIUM} is missing; install Debian's chromium", pytrace=False)
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium fonts-noto-cjk)")
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        yield chromium
-        chromium.close()
 
 
 def accepted_case(db) -> dict:
