@@ -119,6 +119,8 @@ process_instance = Table(
     # Printed on every notice (and as a QR code) so anyone can check a notice against the public query.
     Column("verification_code", String(16), nullable=True, unique=True),
     Index("ix_process_instance_status_started", "status", "started_at"),
+    Index("ix_process_instance_applicant", "applicant"),
+    Index("ix_process_instance_definition_status", "definition_id", "status"),
 )
 
 # Kept apart from process_instance so case lists never read the serialized workflow.
@@ -160,6 +162,9 @@ human_task = Table(
     Index("ix_human_task_instance_status", "instance_id", "status"),
     Index("ix_human_task_assignee_status", "assignee", "status"),
     Index("ix_human_task_status_due", "status", "due_at"),
+    Index("ix_human_task_queue_walk", "status", "assignee", "due_at", "id", "instance_id", "light"),
+    Index("ix_human_task_delegated_from_status", "delegated_from", "status"),
+    Index("ix_human_task_completed_by_at", "completed_by", "completed_at", "instance_id"),
 )
 
 # One row per (open task, candidate department); rows go when the task closes, so a

@@ -134,8 +134,10 @@ def open_tasks(db: Database, user: User, wanted: TaskFilter = TaskFilter()) -> d
             shared.append(human_task.c.due_at <= calendar.add_workdays(now, wanted.due_within).at)
         if wanted.light:
             shared.append(_light_condition(wanted.light, now))
-        arms = [[human_task.c.status == "open", human_task.c.assignee.is_(None),
-                 human_task.c.id.in_(in_queues), *shared]]
+        # `id + 0`: the queue is a set to test against, never a list of ids to drive from. SQLite, with no
+        # statistics, would otherwise cross it with the flow/search set on (instance_id, status, rowid).
+        queued = (human_task.c.id + 0).in_(in_queues)
+        arms = [[human_task.c.status == "open", human_task.c.assignee.is_(None), queued, *shared]]
         # The few tasks the user holds or delegated are listed first and then matched by id alone: with
         # `status` in that arm as well, SQLite would walk every open task by due time instead.
         held = list(conn.execute(select(human_task.c.id).where(
@@ -143,8 +145,7 @@ def open_tasks(db: Database, user: User, wanted: TaskFilter = TaskFilter()) -> d
         held += conn.execute(select(human_task.c.id).where(
             human_task.c.status == "open", human_task.c.delegated_from == user.username)).scalars()
         if held:
-            arms.append([human_task.c.id.in_(held), *shared,
-                         *([human_task.c.id.in_(in_queues)] if wanted.department else [])])
+            arms.append([human_task.c.id.in_(held), *shared, *([queued] if wanted.department else [])])
         page = _due_ordered_page(conn, arms, wanted)
         rows = _rows(conn, page["ids"])
         page["choices"] = _choices(conn, queues)

@@ -166,7 +166,7 @@ def many(db, flow, clock):
     names = ["杭州云杉科技有限公司", "宁波星河贸易有限公司", "杭州青禾餐饮有限公司", "温州远航物流有限公司",
              "嘉兴启明电子有限公司", "湖州东方建材有限公司", "绍兴华辰纺织有限公司", "金华银杏农业有限公司",
              "衢州长风机械有限公司"]
-    for moment, name in zip(moments, names):
+    for moment, name in zip(moments, names, strict=True):
         clock.move_to(at(moment))
         cases.append(start_reviewed(db, flow, name))
     clock.move_to(at("2026-03-04 09:55"))
@@ -268,6 +268,8 @@ def test_case_number_prefix_search(db, many):
     day = case_no[:8]   # every case of that day
     assert listed(db, gaj1, search=day) == expected(db, gaj1, lambda r: r["case_no"].startswith(day))
     assert listed(db, gaj1, search="9" + case_no) == []
+    # Prefixes ending in the last code point or just below the surrogates still give a valid upper bound.
+    assert listed(db, gaj1, search="杭州\U0010ffff") == listed(db, gaj1, search="\ud7ff") == []
 
 
 def test_pages_cover_every_task_once_in_order_and_tasks_without_a_deadline_come_last(db, many, monkeypatch):
@@ -314,6 +316,7 @@ def test_parse_filter_names_every_bad_argument():
     assert wanted == TaskFilter(department="gaj", process=KEY, light="red", overdue=True, due_within=3,
                                 search="杭州", sort="-due", page=2)
     assert parse_filter({}) == TaskFilter()
+    assert parse_filter({"q": "杭州\x00云杉", "process": "\x00"}) == TaskFilter(search="杭州云杉")
     assert wanted.as_args(page=3) == {"department": "gaj", "process": KEY, "light": "red", "overdue": "1",
                                       "due_within": 3, "q": "杭州", "sort": "-due", "page": 3}
 

@@ -26,6 +26,8 @@ WEBUI = Path(__file__).resolve().parents[2] / "webui"
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 PDF = b"%PDF-1.7\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\n"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+# The org fixture's users, and those some tests here add.
+PASSWORDS = {**PASSWORDS, "gajlead": "gaj-lead-1", "both1": "both-pass-1", "rsj1": "rsj-pass-1"}
 
 
 @dataclass
@@ -53,8 +55,6 @@ def clock():
 
 @pytest.fixture
 def login(app, org, clock):
-    PASSWORDS.setdefault("gajlead", "gaj-lead-1")
-
     def as_user(username: str) -> Clerk:
         client = app.test_client()
         page = client.get("/login").get_data(as_text=True)
@@ -119,7 +119,6 @@ def test_filters_search_and_pages_return_the_right_rows(db, org, case, login, cl
     clock.move_to(at("2026-03-04 16:00"))
     lights.sweep_lights(db)
     create_user(db, "both1", "both-pass-1", "两部门", ["gaj", "swj"], ["clerk"])
-    PASSWORDS["both1"] = "both-pass-1"
     clerk = login("both1")
 
     def ids(url: str) -> list[int]:
@@ -335,7 +334,8 @@ def test_a_lead_sends_back_to_a_chosen_step_and_a_missing_reason_is_shown_at_the
     assert "intake" in open_ids(db, case["case"]["id"])
 
 
-def test_csrf_rejects_forged_posts_and_nothing_changes(db, case, login):
+def test_csrf_rejects_forged_posts_and_nothing_changes(app, db, case, login):
+    assert app.config.get("WTF_CSRF_ENABLED", True) is True     # the production setting, not switched off
     gaj1 = login("gaj1")
     task = case["review_gaj"]
     before_events, before_row = events(db), task_row(db, task)
@@ -454,7 +454,6 @@ def test_files_are_served_only_to_those_who_may_see_the_case(db, case, login, ap
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert swj1.get(f"/attachments/{file_id}").status_code == 200        # 税务局 works on this case too
     create_user(db, "rsj1", "rsj-pass-1", "人社一", ["rsj"], ["clerk"])
-    PASSWORDS["rsj1"] = "rsj-pass-1"
     assert login("rsj1").get(f"/attachments/{file_id}").status_code == 404
     assert app.test_client().get(f"/attachments/{file_id}").status_code == 302   # to the login page
 
@@ -486,3 +485,34 @@ def test_every_text_of_the_task_pages_has_a_chinese_translation():
         used |= {m if isinstance(m, str) else m[0] for _, m, _, _ in extract_from_file(method, str(path), options=options)}
     assert sorted(used - set(catalog)) == []
     assert sorted(m for m in used if not catalog.get(m)) == []
+
+
+def test_every_control_on_the_task_pages_has_a_label(db, case, login):
+    from html.parser import HTMLParser
+
+    class Controls(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.labels, self.controls, self.open_labels = set(), [], 0
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            if tag == "label":
+                self.open_labels += 1
+                self.labels.add(attrs.get("for"))
+            elif tag in ("input", "select", "textarea") and attrs.get("type") not in ("hidden", "submit"):
+                self.controls.append((attrs.get("id"), attrs.get("name"), self.open_labels > 0))
+
+        def handle_endtag(self, tag):
+            if tag == "label":
+                self.open_labels -= 1
+
+    create_user(db, "gajlead", "gaj-lead-1", "公安科长", ["gaj"], ["clerk", "lead"])
+    lead = login("gajlead")
+    lead.post(f"/tasks/{case['review_gaj']}/claim")
+    for url in ("/tasks", "/tasks/done", f"/tasks/{case['review_gaj']}"):
+        parser = Controls()
+        parser.feed(lead.get(url).get_data(as_text=True))
+        assert parser.controls, url
+        unlabelled = [(i, n) for i, n, wrapped in parser.controls if not wrapped and i not in parser.labels]
+        assert unlabelled == [], url
