@@ -233,7 +233,7 @@ def fire_due_timers(db: Database, instance_id: int) -> int:
         _step(case)
         return True
 
-    case = _mutate(db, instance_id, None, do, skip_locked=True)
+    case = mutate_case(db, instance_id, None, do, skip_locked=True)
     return sum(1 for e in case.events if e["type"] == "timer_fired") if case is not None else 0
 
 
@@ -251,7 +251,7 @@ def pause_case(db: Database, instance_id: int, user: User, kind: str, reason: st
         _start_pause(conn, case, kind, reason, automatic=False, expected_workdays=expected_workdays)
         return True
 
-    _mutate(db, instance_id, user.username, do)
+    mutate_case(db, instance_id, user.username, do)
     return {"instance_id": instance_id, "paused": True}
 
 
@@ -268,7 +268,7 @@ def resume_case(db: Database, instance_id: int, user: User) -> dict:
         _end_pause(conn, case, pause)
         return True
 
-    _mutate(db, instance_id, user.username, do)
+    mutate_case(db, instance_id, user.username, do)
     return {"instance_id": instance_id, "paused": False}
 
 
@@ -315,14 +315,14 @@ def extend(db: Database, user: User, workdays: int, reason: str, task_id: int | 
                    previous_due=_iso(task_row["due_at"]), due_at=_iso(new_due))
         return True
 
-    _mutate(db, instance_id, user.username, do)
+    mutate_case(db, instance_id, user.username, do)
     return {"instance_id": instance_id, "task_id": task_id}
 
 
-def _mutate(db: Database, instance_id: int | None, actor: str | None, action: Callable,
-            skip_locked: bool = False, task_id: int | None = None) -> _Case | None:
+def mutate_case(db: Database, instance_id: int | None, actor: str | None, action: Callable,
+                skip_locked: bool = False, task_id: int | None = None, then_step: bool = False) -> _Case | None:
     """Lock the case (found from `task_id` when given), run `action(conn, case)` on its live workflow,
-    and save if it returns True."""
+    and, if it returns True, run the engine on (with `then_step`) and save."""
     def run(conn):
         case_id = instance_id
         task_row = None
@@ -344,6 +344,8 @@ def _mutate(db: Database, instance_id: int | None, actor: str | None, action: Ca
         snapshot = _snapshot_for(conn, case.row)
         case.workflow = snapshot.workflow
         if action(conn, case):
+            if then_step:
+                _step(case)
             _save(db, conn, case, snapshot)
         # else nothing changed, so the live workflow is still exactly what is stored
         return snapshot, case
@@ -374,7 +376,7 @@ def _task_action(db: Database, task_id: int, user: User, action: Callable, steps
             _step(case)
         return steps
 
-    case = _mutate(db, None, user.username, do, task_id=task_id)
+    case = mutate_case(db, None, user.username, do, task_id=task_id)
     return {"task_id": task_id, "instance_id": case.row["id"], "case_status": case.row["status"]}
 
 
