@@ -1,0 +1,213 @@
+"""加签/减签: add a department's copy to a running countersign (会签), or remove an open copy from it."""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, MutableMapping
+
+from sqlalchemy import select, update
+from SpiffWorkflow.bpmn.specs.mixins.multiinstance_task import ParallelMultiInstanceTask
+from SpiffWorkflow.util.task import TaskState
+
+from .accounts import User, resolve_departments
+from .bpmn import task_departments
+from .errors import Conflict, InvalidInput, PermissionDenied, Problem
+from .runtime import WorkflowFailed, mutate_case
+from .scripting import using_calendar
+from .snapshot import find_task
+from .store import Database, department, human_task
+
+# Besides these, a lead (科室负责人) of a department that holds a copy of the countersign may change it.
+OVERSIGHT_ROLES = ("supervisor", "admin")
+REMOVED = "removed"   # the human task status of a copy taken away by 减签: off every list, not a decision
+_MAX_REASON = 1000
+
+
+def add_countersigner(db: Database, task_id: int, user: User, department: str, reason: str) -> dict:
+    """加签: give `department` its own copy of the countersign that task `task_id` (any open copy) belongs to."""
+    added = {}
+
+    def action(conn, case):
+        sign = _Countersign.of(case, task_id)
+        sign.require_may_change(conn, user)
+        text = _reason(reason)
+        key, name = _known_department(conn, department)
+        if key in sign.departments(conn):
+            raise InvalidInput(Problem(f"{name} already has a copy of this countersign", field="department"))
+        child = sign.add(key, name)
+        added["guid"] = str(child.id)
+        case.event("countersigner_added", task_id, bpmn_id=sign.bpmn_id, department=key, reason=text)
+        return True
+
+    case = mutate_case(db, None, user.username, action, task_id=task_id)
+    with db.read() as conn:
+        new_task = conn.execute(select(human_task.c.id).where(
+            human_task.c.instance_id == case.row["id"], human_task.c.task_guid == added["guid"],
+            human_task.c.status == "open")).scalar()
+    return {"task_id": task_id, "instance_id": case.row["id"], "department": department, "new_task_id": new_task,
+            "event": "countersigner_added"}
+
+
+def remove_countersigner(db: Database, task_id: int, user: User, reason: str) -> dict:
+    """减签: take the open copy `task_id` away; when every copy left is signed (or enough are), the flow moves on."""
+    def action(conn, case):
+        row = case.task_row
+        if row["status"] == "completed":
+            raise Conflict(f"task {task_id} is already signed; a signed copy cannot be removed")
+        sign = _Countersign.of(case, task_id)
+        sign.require_may_change(conn, user)
+        text = _reason(reason)
+        sign.remove()
+        conn.execute(update(human_task).where(human_task.c.id == task_id).values(
+            status=REMOVED, completed_at=case.now))
+        case.completed_task = task_id   # closed here: the projection only takes it off the queues
+        case.event("countersigner_removed", task_id, bpmn_id=sign.bpmn_id, departments=row["departments"],
+                   assignee=row["assignee"], reason=text)
+        with using_calendar(case.calendar):
+            sign.finish_if_done()
+        return True
+
+    case = mutate_case(db, None, user.username, action, task_id=task_id, then_step=True)
+    return {"task_id": task_id, "instance_id": case.row["id"], "case_status": case.row["status"],
+            "event": "countersigner_removed"}
+
+
+def countersign_copies(db: Database, task_id: int) -> list[dict] | None:
+    """The copies of the countersign this task belongs to (open and signed, oldest first), or None if it is none."""
+    with db.read() as conn:
+        row = conn.execute(select(human_task.c.instance_id, human_task.c.bpmn_id).where(
+            human_task.c.id == task_id)).first()
+        if row is None:
+            return None
+        rows = conn.execute(select(human_task.c.id, human_task.c.departments, human_task.c.status,
+                                   human_task.c.assignee, human_task.c.completed_by, human_task.c.task_guid)
+                            .where(human_task.c.instance_id == row.instance_id, human_task.c.bpmn_id == row.bpmn_id)
+                            .order_by(human_task.c.id)).mappings().all()
+    return [dict(r) for r in rows]
+
+
+class _Countersign:
+    """A running parallel multi-instance user task whose copies each go to one department of a {key: name} map."""
+
+    def __init__(self, case, copy, parent):
+        self.case, self.copy, self.parent = case, copy, parent
+        self.spec = parent.task_spec
+        self.bpmn_id = copy.task_spec.bpmn_id or copy.task_spec.name
+
+    @classmethod
+    def of(cls, case, task_id: int) -> "_Countersign":
+        row = case.task_row
+        if row["status"] != "open":
+            raise Conflict(f"task {task_id} is {row['status']}")
+        copy = find_task(case.workflow, row["task_guid"])
+        if copy is None or copy.state != TaskState.READY:
+            raise Conflict(f"task {task_id} is no longer ready")
+        parent = copy.parent
+        spec = getattr(parent, "task_spec", None)
+        element = getattr(spec, "output_item", None)
+        if (not isinstance(spec, ParallelMultiInstanceTask) or parent.state != TaskState.STARTED
+                or spec.data_output is None or element is None
+                or not isinstance(spec.data_output.get(parent), MutableMapping)
+                or not any(re.fullmatch(r"\$\{\s*%s\s*\}" % re.escape(element.bpmn_id), group)
+                           for group in task_departments(copy.task_spec))):
+            raise Conflict(f"task {task_id} ({row['name'] or row['bpmn_id']}) is not a countersign: only a parallel "
+                           "multi-instance step over a department map with candidate groups ${{department}} is")
+        return cls(case, copy, parent)
+
+    @property
+    def collection(self) -> MutableMapping:
+        return self.spec.data_output.get(self.parent)
+
+    def instances(self) -> list:
+        return [c for c in self.parent.children if c.task_spec.name == self.spec.task_spec]
+
+    def departments(self, conn) -> set[str]:
+        """Departments holding a copy, open or signed (a removed copy no longer counts)."""
+        keys = set(self.collection)
+        guids = [str(c.id) for c in self.instances()]
+        for row in conn.execute(select(human_task.c.departments).where(
+                human_task.c.instance_id == self.case.row["id"], human_task.c.task_guid.in_(guids),
+                human_task.c.status.in_(["open", "completed"]))):
+            keys.update(row.departments or [])
+        for child in self.instances():
+            item = child.data.get(self.spec.output_item.bpmn_id)
+            if isinstance(item, str):
+                keys.update(resolve_departments(conn, [item]))
+        return keys
+
+    def require_may_change(self, conn, user: User) -> None:
+        if user.has_role(*OVERSIGHT_ROLES):
+            return
+        if user.has_role("lead") and set(user.departments) & self.departments(conn):
+            return
+        raise PermissionDenied("only a lead (科室负责人) of a department in this countersign, or a supervisor, "
+                               "may add or remove countersigners")
+
+    def add(self, key: str, name: str):
+        """Create the new copy the way SpiffWorkflow's create_child does, and record it in the department map."""
+        spec, parent = self.spec, self.parent
+        self.collection[key] = name
+        task_spec = parent.workflow.spec.task_specs[spec.task_spec]
+        if not task_spec.completed_event.is_connected(spec.merge_child):
+            task_spec.completed_event.connect(spec.merge_child)
+        child = parent._add_child(task_spec, TaskState.WAITING)
+        child.triggered = True
+        # The element variable (e.g. `department`) holds the map's value, as for the copies made at the start.
+        child.data[spec.output_item.bpmn_id] = name
+        child.internal_data["key_or_index"] = key
+        child.task_spec._update(child)
+        if child.state != TaskState.READY:
+            raise Conflict(f"the new copy for {name} could not be opened")
+        return child
+
+    def remove(self) -> None:
+        instances = self.instances()
+        if len(instances) <= 1:
+            raise Conflict("the last copy of a countersign cannot be removed")
+        key = self.copy.internal_data.get("key_or_index")
+        self.copy.cancel()
+        self.copy.workflow._remove_task(self.copy.id)
+        if key is not None:
+            self.collection.pop(key, None)
+
+    def finish_if_done(self) -> None:
+        """What merging a signature does: once every copy left is signed, or the completion condition holds,
+        the countersign is ready to finish (the engine then runs it on); the copies still open are withdrawn."""
+        instances = self.instances()
+        done = [c for c in instances if c.state == TaskState.COMPLETED]
+        if len(done) == len(instances):
+            self.parent._set_state(TaskState.READY)
+            return
+        if not done or not self.spec.condition:
+            return
+        merged = self.parent.internal_data.get("merged") or []
+        last = next((c for c in done if str(c.id) == merged[-1]), done[-1]) if merged else done[-1]
+        counters = {"nrOfInstances": len(instances), "nrOfCompletedInstances": len(done),
+                    "nrOfActiveInstances": len(instances) - len(done)}
+        try:
+            met = self.parent.workflow.script_engine.environment.evaluate(
+                self.spec.condition, {**last.data, **counters})
+        except Exception as exc:  # a diagram's condition failing: name the element, save nothing
+            raise WorkflowFailed(f"step {self.bpmn_id!r} failed: completion condition: {exc}") from None
+        if met:
+            for child in instances:
+                if child.state != TaskState.COMPLETED:
+                    child.cancel()
+            self.parent._set_state(TaskState.READY)
+
+
+def _reason(reason) -> str:
+    text = reason.strip() if isinstance(reason, str) else ""
+    if not text:
+        raise InvalidInput(Problem("give the reason", field="reason"))
+    if len(text) > _MAX_REASON:
+        raise InvalidInput(Problem(f"at most {_MAX_REASON} characters", field="reason"))
+    return text
+
+
+def _known_department(conn, key) -> tuple[str, str]:
+    if not isinstance(key, str) or not key.strip():
+        raise InvalidInput(Problem("choose a department", field="department"))
+    row = conn.execute(select(department.c.key, department.c.name).where(department.c.key == key.strip())).first()
+    if row is None:
+        raise InvalidInput(Problem(f"no department {key.strip()!r}", field="department"))
+    return row.key, row.name
