@@ -5,21 +5,25 @@ import csv
 import io
 import json
 import statistics as stats_lib
+from contextlib import contextmanager
 from datetime import date, datetime, timedelta
+from typing import Iterator
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import (
     Date,
-    Integer,
     String,
     and_,
     case,
     cast,
+    delete,
     exists,
     func,
     literal_column,
     or_,
     select,
+    tuple_,
+    update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -27,10 +31,12 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from .accounts import User
 from .errors import InvalidInput, PermissionDenied, Problem
 from .store import (
+    SUPERVISION_FIGURES,
     Database,
     app_user,
     audit_event,
     case_duration,
+    case_migration,
     clock_pause,
     department,
     human_task,
@@ -38,6 +44,7 @@ from .store import (
     process_instance,
     rating,
     supervision_day,
+    supervision_roll,
 )
 from .timekeeping import calendar_for
 
@@ -50,10 +57,17 @@ MAX_PERIOD_DAYS = 3 * 366
 REFRESH_BATCH = 5000
 ROLL_UP_CHUNK_DAYS = 31
 REQUEST_ROLL_UP_DAYS = 62
-ROLLED = "_rolled"
-TREND_METRICS = ("ev:case_started", "dur_n", "dur_on_time", "ev:case_red")
+ROLL_MARGIN = timedelta(hours=1)   # how long a transaction may take to commit what it recorded
 HISTOGRAM_BUCKET_SECONDS = 2520   # a tenth of a 7-hour working day
+ALL = ""                           # supervision_day's key for "every clerk", "any department", "any step"
+EVERY, STEPS = "every", "steps"    # what a reading wants of a key: every figure, or the per-department ones
+FIGURES = SUPERVISION_FIGURES
+STEP_FIGURES = ("step_completed", "step_late", "step_closed", "step_seconds")
+WINDOW_FIGURES = ("dur_n", "dur_on_time", "dur_net", "ratings", "rating_sum")
+TREND_FIGURES = {"received": "received", "dur_n": "completed", "dur_on_time": "on_time",
+                 "cases_overdue": "cases_overdue"}
 LIGHTS = ("green", "yellow", "red")
+WINDOW = "window"                  # the department of a step that names none (the comprehensive window)
 # Case-level audit event types and the figure each one counts.
 CASE_EVENTS = {"case_started": "received", "case_completed": "completed", "case_terminated": "terminated",
                "case_yellow": "case_warnings", "case_red": "cases_overdue",
@@ -247,8 +261,8 @@ def statistics(db: Database, user: User, start: date | str | None = None, end: d
 
     Counts of happenings (received, completed, warnings, overdue, pauses, send-backs, deemed consents) are
     counts of audit events in the period; durations come from case_duration (office time, pauses excluded).
-    Finished days come from the daily roll-up when only the flow is filtered; the rest is counted live, by
-    the same measuring code.
+    Finished days come from the daily roll-up, whatever the filters; the days after it are counted live by the
+    same measuring code, and so are the earlier figures of cases that have gained a department or step since.
     """
     scope = scope_of(user)
     now = now or db.config.now()
@@ -260,35 +274,31 @@ def statistics(db: Database, user: User, start: date | str | None = None, end: d
     lo, hi = _midnight(first), _midnight(last + timedelta(days=1))
     filters = {"department": department_key or None, "flow": flow or None, "item": item or None,
                "clerk": clerk or None}
-    refresh_durations(db)
-    rollable = not (filters["department"] or filters["item"] or filters["clerk"])
-    if rollable:
-        # A request rolls up at most two months; a backlog (a new install on old data) is the worker's job,
-        # and until then the days not rolled up are counted live, which gives the same figures, only slower.
-        roll_up(db, now, max_days=REQUEST_ROLL_UP_DAYS)
-    case_where = _case_filters(filters, scope)
-    with db.read() as conn:
+    # A request rolls up at most two months; a backlog (a new install on old data) is the worker's job,
+    # and until then the days not rolled up are counted live, which gives the same figures, only slower.
+    roll_up(db, now, max_days=REQUEST_ROLL_UP_DAYS)
+    reading = _Reading(filters["clerk"] or ALL, filters["department"] or ALL, filters["item"] or ALL)
+    with read_snapshot(db) as conn:
         calendar = calendar_for(db, conn)
         per_day = calendar.office_hours.seconds_per_day
-        live_from = lo
-        rows: list[tuple] = []
-        if rollable:
-            rolled_until = _rolled_until(conn)
-            if rolled_until is not None and rolled_until > first:
-                rows += _rolled_rows(conn, first, min(rolled_until, last + timedelta(days=1)), filters["flow"])
-                live_from = max(lo, _midnight(rolled_until))
-        if live_from < hi:
-            rows += [(d.strftime("%Y-%m"), dept, metric, value)
-                     for d, _flow, dept, metric, value in _measure(conn, live_from, hi, filters, case_where)]
-        totals: dict[str, int] = {}
-        for _month, dept, metric, value in rows:
-            if dept == "":    # None marks the roll-up's per-month trend rows, already in the totals
-                totals[metric] = totals.get(metric, 0) + value
-        histogram = {int(metric[2:]): value for metric, value in totals.items() if metric.startswith("h:")}
-        median = _median(conn, lo, hi, case_where, histogram)
-        satisfaction = _satisfaction(conn, lo, hi, case_where)
+        rolled_until = _rolled_until(conn)
+        stop = first
+        if rolled_until is not None and rolled_until > first:
+            stop = min(rolled_until, last + timedelta(days=1))
+            _read_rolled(conn, first, stop, filters["flow"], reading)
+            if reading.department or reading.item:
+                # Cases that gained a step of the department (or the item) after the roll-up filed them
+                since = _midnight(rolled_until)
+                reading.add(_measure(conn, lo, _midnight(stop), want=reading.want, flow=filters["flow"],
+                                     clerk=filters["clerk"], since=since,
+                                     instances=_cases_with_tasks_created(conn, since)))
+        if _midnight(stop) < hi:
+            reading.add(_measure(conn, max(lo, _midnight(stop)), hi, want=reading.want, flow=filters["flow"],
+                                 clerk=filters["clerk"]))
+        totals = reading.totals
+        median = _median(conn, lo, hi, _case_filters(filters, scope), reading.histogram)
         names = dict(conn.execute(select(department.c.key, department.c.name)).all())
-    counts = {name: totals.get("ev:" + type_, 0) for type_, name in {**CASE_EVENTS, **TASK_EVENTS}.items()}
+    counts = {name: totals.get(name, 0) for name in (*CASE_EVENTS.values(), *TASK_EVENTS.values())}
     completed = totals.get("dur_n", 0)
     on_time, early = totals.get("dur_on_time", 0), totals.get("dur_early", 0)
     figures = {
@@ -305,156 +315,519 @@ def statistics(db: Database, user: User, start: date | str | None = None, end: d
         "speed_up_statutory": _speed_up(totals.get("dur_net_s", 0), totals.get("dur_statutory", 0)),
         "warnings": counts["case_warnings"] + counts["task_warnings"],
         "overdue": counts["cases_overdue"] + counts["tasks_overdue"],
-        "satisfaction": satisfaction,
+        "satisfaction": _satisfaction(totals),
     }
     return {"period": {"start": first.isoformat(), "end": last.isoformat()}, "filters": filters,
-            "figures": figures, "trend": _trend(rows, lo, hi), "departments": _per_department(rows, names),
-            "lights": {kind: {light: totals.get(f"{kind}_light:{light}", 0) for light in LIGHTS}
+            "figures": figures, "trend": _trend(reading.months, lo, hi),
+            "departments": _per_department(reading.departments, names),
+            "lights": {kind: {light: totals.get(f"{kind}_{light}", 0) for light in LIGHTS}
                        for kind in ("tasks", "cases")}}
 
 
-def _measure(conn, lo: datetime, hi: datetime, filters: dict, case_where: list) -> list[tuple]:
-    """Every summable figure of [lo, hi) as (local day, flow, department or "", metric, value) rows.
+def monthly_figures(conn, first: date, stop: date, calendar) -> tuple[dict, dict]:
+    """Steps finished per department and cases completed per receiving window clerk in [first, stop).
 
-    The one place figures are counted: statistics read it live, and roll_up stores it for finished days.
+    For the 红旗窗口 ranking: {department: step figures}, {clerk: case figures}, rolled-up days plus the rest live.
     """
-    out: list[tuple] = []
-    def with_case(query, id_column):
-        return (query.join(process_instance, process_instance.c.id == id_column)
-                .join(process_definition, process_definition.c.id == process_instance.c.definition_id))
+    departments: dict[str, dict] = {}
+    windows: dict[str, dict] = {}
+    t = supervision_day
+    rolled_until = _rolled_until(conn)
+    until = first
+    if rolled_until is not None and rolled_until > first:
+        until = min(rolled_until, stop)
+        in_range = [t.c.item == ALL, t.c.day >= first, t.c.day < until]
+        for row in conn.execute(select(t.c.department, *_sums(STEP_FIGURES))
+                                .where(*in_range, t.c.clerk == ALL, t.c.department != ALL)
+                                .group_by(t.c.department)).mappings():
+            _add(departments.setdefault(row["department"], {}), row, STEP_FIGURES)
+        for row in conn.execute(select(t.c.clerk, *_sums(WINDOW_FIGURES))
+                                .where(*in_range, t.c.department == ALL, t.c.clerk != ALL)
+                                .group_by(t.c.clerk)).mappings():
+            _add(windows.setdefault(row["clerk"], {}), row, WINDOW_FIGURES)
+    if until < stop:
+        def want(clerk, dept, item):
+            if item:
+                return None
+            if clerk == ALL:
+                return STEPS if dept else None
+            return EVERY if not dept else None
+        for (_day, _flow, clerk, dept, _item), values in _measure(conn, _midnight(until), _midnight(stop),
+                                                                   want=want, calendar=calendar).items():
+            if clerk == ALL:
+                _add(departments.setdefault(dept, {}), values, STEP_FIGURES)
+            else:
+                _add(windows.setdefault(clerk, {}), values, WINDOW_FIGURES)
+    return departments, windows
 
-    key = process_definition.c.key
-    # 1. audit events by type: case-level ones for the cases in scope, step-level ones for the steps in scope.
-    for types, task_level in ((CASE_EVENTS, False), (TASK_EVENTS, True)):
-        day = _day_expr(conn, audit_event.c.at)
-        query = (select(day.label("day"), key.label("flow"), audit_event.c.type, func.count().label("n"))
-                 .where(audit_event.c.type.in_(list(types)), audit_event.c.at >= lo, audit_event.c.at < hi))
-        query = with_case(query, audit_event.c.instance_id)
-        where = case_where
-        if task_level and (filters["department"] or filters["item"]):
-            # a step-level event counts when its own step is the department's or the item, not merely its case
-            query = query.join(human_task, human_task.c.id == audit_event.c.task_id).where(*_task_filters(filters))
-            where = _case_filters({**filters, "department": None, "item": None}, None)
-        for row in conn.execute(query.where(*where).group_by(day, key, audit_event.c.type)):
-            out.append((row.day, row.flow, "", "ev:" + row.type, row.n))
-    # 2. office time of the cases completed, from case_duration.
-    net = case_duration.c.net_seconds
-    day = _day_expr(conn, case_duration.c.ended_at)
-    query = with_case(select(
-        day.label("day"), key.label("flow"), func.count().label("dur_n"),
-        func.sum(cast(case_duration.c.on_time, Integer)).label("dur_on_time"),
-        func.sum(cast(case_duration.c.early, Integer)).label("dur_early"), func.sum(net).label("dur_net"),
-        func.sum(case((case_duration.c.committed_seconds.is_not(None), net), else_=0)).label("dur_net_c"),
-        func.sum(case_duration.c.committed_seconds).label("dur_committed"),
-        func.sum(case((case_duration.c.statutory_seconds.is_not(None), net), else_=0)).label("dur_net_s"),
-        func.sum(case_duration.c.statutory_seconds).label("dur_statutory"),
-    ).where(case_duration.c.ended_at >= lo, case_duration.c.ended_at < hi), case_duration.c.instance_id)
-    for row in conn.execute(query.where(*case_where).group_by(day, key)).mappings():
-        for metric in ("dur_n", "dur_on_time", "dur_early", "dur_net", "dur_net_c", "dur_committed", "dur_net_s",
-                       "dur_statutory"):
-            out.append((row["day"], row["flow"], "", metric, int(row[metric] or 0)))
-    # A histogram of the office time taken, in tenths of a working day, to find the median from.
-    bucket = (case_duration.c.net_seconds // HISTOGRAM_BUCKET_SECONDS).label("bucket")
-    query = with_case(select(day.label("day"), key.label("flow"), bucket, func.count().label("n"))
-                      .where(case_duration.c.ended_at >= lo, case_duration.c.ended_at < hi),
-                      case_duration.c.instance_id)
-    for row in conn.execute(query.where(*case_where).group_by(day, key, bucket)):
-        out.append((row.day, row.flow, "", f"h:{int(row.bucket)}", row.n))
-    # 3. the light each completed case ended with.
+
+# --- counting and rolling up ---------------------------------------------------------------------------
+
+class _Reading:
+    """The keys one statistics query reads and the sums it gathers from rolled-up days and live counts."""
+
+    def __init__(self, clerk: str, department_key: str, item: str):
+        self.clerk, self.department, self.item = clerk, department_key, item
+        self.totals: dict[str, int] = {}
+        self.histogram: dict[int, int] = {}
+        self.months: dict[str, dict[str, int]] = {}
+        self.departments: dict[str, dict[str, int]] = {}
+
+    def want(self, clerk: str, dept: str, item: str):
+        """EVERY figure for the filter's own key, STEPS for the per-department table, None for the rest."""
+        if clerk != self.clerk or item != self.item:
+            return None
+        if dept == self.department:
+            return EVERY
+        return STEPS if dept and not self.department else None
+
+    def add(self, measured: dict) -> None:
+        for (day, _flow, _clerk, dept, _item), values in measured.items():
+            if dept == self.department:
+                self.add_month(str(day)[:7], values)
+            if dept and (not self.department or dept == self.department):
+                _add(self.departments.setdefault(dept, {}), values, STEP_FIGURES)
+
+    def add_month(self, month: str, values) -> None:
+        for name, value in values.items():
+            if isinstance(name, int):
+                self.histogram[name] = self.histogram.get(name, 0) + value
+            elif value:
+                self.totals[name] = self.totals.get(name, 0) + int(value)
+        entry = self.months.setdefault(month, dict.fromkeys(TREND_FIGURES, 0))
+        for name in TREND_FIGURES:
+            entry[name] += int(values.get(name) or 0)
+
+
+def _read_rolled(conn, first: date, stop: date, flow: str | None, reading: _Reading) -> None:
+    """Add the rolled-up figures of [first, stop) under the reading's key: a few hundred rows for a year."""
+    t = supervision_day
+    where = [t.c.clerk == reading.clerk, t.c.item == reading.item, t.c.day >= first, t.c.day < stop]
+    if flow:
+        where.append(t.c.flow == flow)
+    own = [*where, t.c.department == reading.department]
+    month = _month_expr(conn, t.c.day).label("month")
+    for row in conn.execute(select(month, *_sums(FIGURES)).where(*own).group_by(month)).mappings():
+        reading.add_month(row["month"], {name: row[name] for name in FIGURES})
+    for (histogram,) in conn.execute(select(t.c.histogram).where(*own, t.c.histogram.is_not(None))):
+        reading.add_month("", {int(bucket): count for bucket, count in histogram.items()})
+    reading.months.pop("", None)
+    which = t.c.department == reading.department if reading.department else t.c.department != ALL
+    for row in conn.execute(select(t.c.department, *_sums(STEP_FIGURES)).where(*where, which)
+                            .group_by(t.c.department)).mappings():
+        _add(reading.departments.setdefault(row["department"], {}), row, STEP_FIGURES)
+
+
+def _sums(names) -> list:
+    return [func.coalesce(func.sum(supervision_day.c[name]), 0).label(name) for name in names]
+
+
+def _add(target: dict, values, names) -> None:
+    for name in names:
+        value = values.get(name)
+        if value:
+            target[name] = target.get(name, 0) + int(value)
+
+
+def _measure(conn, lo: datetime | None, hi: datetime, want=None, flow: str | None = None, clerk: str | None = None,
+             as_of: datetime | None = None, instances: list[int] | None = None, since: datetime | None = None,
+             calendar=None) -> dict[tuple, dict]:
+    """Every summable figure of [lo, hi) as {(local day, flow, clerk, department, item): {figure: value}}.
+
+    The one place figures are counted: statistics read it live for the days not rolled up, and roll_up stores
+    it for finished days. Keys: clerk "" sums every receiving clerk, department and item "" mean any. A case's
+    figures are filed under every department and step (bpmn id) of the steps it had before `as_of` (now when
+    None); a step's figures under its own. Histogram buckets of the office time taken are int names.
+    With `instances` and `since`, only those cases' figures are counted, and only under the keys that their
+    steps created from `since` on added. `want(clerk, department, item)` picks the keys: EVERY figure, only the
+    STEPS figures, or None; a `calendar` adds step_seconds, the office time each completed step took.
+    """
+    groups = _Groups()
+    case_where = []
+    if flow:
+        case_where.append(process_definition.c.key == flow)
+    if clerk:
+        case_where.append(process_instance.c.started_by == clerk)
+    if instances is None:
+        facts = _case_facts(conn, lo, hi, case_where)
+        keysets = _case_keysets(conn, groups, {fact[3] for fact in facts}, as_of, None)
+        groups.add_cases(facts, keysets)
+        _task_facts(conn, lo, hi, case_where, groups, calendar)
+    else:
+        for chunk in _chunks(conn, sorted(set(instances))):
+            keysets = _case_keysets(conn, groups, chunk, as_of, since)
+            gained = [instance for instance, keys in keysets.items() if groups.keysets[keys]]
+            if gained:
+                where = [*case_where, process_instance.c.id.in_(gained)]
+                groups.add_cases(_case_facts(conn, lo, hi, where), keysets)
+    return groups.expand(want)
+
+
+class _Groups:
+    """Figures grouped by (day, flow, clerk, keyset, steps-only), expanded to supervision_day keys at the end."""
+
+    def __init__(self):
+        self.keysets: list[frozenset] = []      # interned sets of (department, item) keys
+        self.ids: dict[frozenset, int] = {}
+        self.groups: dict[tuple, dict] = {}
+
+    def keyset(self, keys: frozenset) -> int:
+        found = self.ids.get(keys)
+        if found is None:
+            found = self.ids[keys] = len(self.keysets)
+            self.keysets.append(keys)
+        return found
+
+    def add(self, day, flow, clerk, keyset: int, steps: bool, name, value) -> None:
+        values = self.groups.setdefault((day, flow, clerk or ALL, keyset, steps), {})
+        values[name] = values.get(name, 0) + value
+
+    def add_cases(self, facts: list[tuple], keysets: dict[int, int]) -> None:
+        everything = self.keyset(frozenset({(ALL, ALL)}))
+        for day, flow, clerk, instance, name, value in facts:
+            keys = keysets.get(instance, everything)
+            if self.keysets[keys]:
+                self.add(day, flow, clerk, keys, False, name, value)
+
+    def expand(self, want) -> dict[tuple, dict]:
+        out: dict[tuple, dict] = {}
+        chosen: dict[tuple, list] = {}
+        for (day, flow, clerk, keyset, steps), values in self.groups.items():
+            for level in (ALL, clerk) if clerk else (ALL,):
+                keys = chosen.get((keyset, steps, level))
+                if keys is None:
+                    keys = chosen[(keyset, steps, level)] = [
+                        key for key in self.keysets[keyset]
+                        if want is None or want(level, *key) is EVERY or (steps and want(level, *key) is STEPS)]
+                for dept, item in keys:
+                    target = out.setdefault((day, flow, level, dept, item), {})
+                    for name, value in values.items():
+                        target[name] = target.get(name, 0) + value
+        return out
+
+
+def _case_facts(conn, lo: datetime | None, hi: datetime, where: list) -> list[tuple]:
+    """Per case: (day, flow, clerk, case id, figure or histogram bucket, value) of its figures in [lo, hi)."""
+    def period(column):
+        return [column < hi] if lo is None else [column >= lo, column < hi]
+
+    def of_case(*columns):
+        return (select(*columns).select_from(
+            process_instance.join(process_definition, process_definition.c.id == process_instance.c.definition_id)))
+
+    key, clerk, instance = process_definition.c.key, process_instance.c.started_by, process_instance.c.id
+    facts: list[tuple] = []
+    # 1. case-level audit events by type
+    day = _day_expr(conn, audit_event.c.at)
+    query = (of_case(day, key, clerk, instance, audit_event.c.type, func.count())
+             .join(audit_event, audit_event.c.instance_id == process_instance.c.id)
+             .where(audit_event.c.type.in_(list(CASE_EVENTS)), *period(audit_event.c.at), *where)
+             .group_by(day, key, clerk, instance, audit_event.c.type))
+    facts += [(d, f, c, i, CASE_EVENTS[t], n) for d, f, c, i, t, n in conn.execute(query)]
+    # 2. office time of the cases completed, from case_duration, with a histogram to find the median from
+    d = case_duration.c
+    day = _day_expr(conn, d.ended_at)
+    query = (of_case(day, key, clerk, instance, d.net_seconds, d.on_time, d.early, d.committed_seconds,
+                     d.statutory_seconds)
+             .join(case_duration, d.instance_id == process_instance.c.id)
+             .where(*period(d.ended_at), *where))
+    for day_, flow, clerk_, case_id, net, on_time, early, committed, statutory in conn.execute(query):
+        facts += [(day_, flow, clerk_, case_id, "dur_n", 1), (day_, flow, clerk_, case_id, "dur_net", net),
+                  (day_, flow, clerk_, case_id, net // HISTOGRAM_BUCKET_SECONDS, 1)]
+        if on_time:
+            facts.append((day_, flow, clerk_, case_id, "dur_on_time", 1))
+        if early:
+            facts.append((day_, flow, clerk_, case_id, "dur_early", 1))
+        if committed is not None:
+            facts += [(day_, flow, clerk_, case_id, "dur_net_c", net),
+                      (day_, flow, clerk_, case_id, "dur_committed", committed)]
+        if statutory is not None:
+            facts += [(day_, flow, clerk_, case_id, "dur_net_s", net),
+                      (day_, flow, clerk_, case_id, "dur_statutory", statutory)]
+    # 3. the light each completed case ended with
     day = _day_expr(conn, process_instance.c.ended_at)
-    light = func.coalesce(process_instance.c.light, "green")
-    query = (select(day.label("day"), key.label("flow"), light.label("light"), func.count().label("n"))
-             .select_from(process_instance.join(process_definition,
-                                                process_definition.c.id == process_instance.c.definition_id))
-             .where(process_instance.c.status == "completed", process_instance.c.ended_at >= lo,
-                    process_instance.c.ended_at < hi, *case_where).group_by(day, key, light))
-    for row in conn.execute(query):
-        out.append((row.day, row.flow, "", "cases_light:" + _light_name(row.light), row.n))
-    # 4. steps finished, per department (completed, late, closed without a decision) and by light.
-    day = _day_expr(conn, human_task.c.completed_at)
+    query = (of_case(day, key, clerk, instance, process_instance.c.light)
+             .where(process_instance.c.status == "completed", *period(process_instance.c.ended_at), *where))
+    facts += [(d_, f, c, i, "cases_" + _light_name(light), 1) for d_, f, c, i, light in conn.execute(query)]
+    # 4. 好差评 ratings, on the day given
+    day = _day_expr(conn, rating.c.rated_at)
+    query = (of_case(day, key, clerk, instance, rating.c.score)
+             .join(rating, rating.c.instance_id == process_instance.c.id)
+             .where(*period(rating.c.rated_at), *where))
+    for d_, f, c, i, score in conn.execute(query):
+        facts += [(d_, f, c, i, "ratings", 1), (d_, f, c, i, "rating_sum", score)]
+        if score >= 4:
+            facts.append((d_, f, c, i, "rating_satisfied", 1))
+    return facts
+
+
+def _case_keysets(conn, groups: _Groups, instances, as_of: datetime | None, since: datetime | None) -> dict:
+    """{case: interned keyset}: the (department, item) keys of the steps each case had before `as_of`.
+
+    With `since`, only the keys that its steps created from `since` on added (often none).
+    """
+    pairs: dict[int, set] = {}
+    before: dict[int, set] = {}
+    for chunk in _chunks(conn, list(instances)):
+        query = select(human_task.c.instance_id, human_task.c.departments, human_task.c.bpmn_id,
+                       human_task.c.created_at).where(human_task.c.instance_id.in_(chunk))
+        if as_of is not None:
+            query = query.where(human_task.c.created_at < as_of)
+        for instance, departments, bpmn_id, created_at in conn.execute(query):
+            found = {(dept, bpmn_id) for dept in _departments(departments)}
+            pairs.setdefault(instance, set()).update(found)
+            if since is not None and created_at < since:
+                before.setdefault(instance, set()).update(found)
+    keysets = {}
+    for instance in instances:
+        keys = _keys(pairs.get(instance, ()))
+        if since is not None:
+            keys -= _keys(before.get(instance, ()))
+        keysets[instance] = groups.keyset(frozenset(keys))
+    return keysets
+
+
+def _keys(pairs) -> set:
+    keys = {(ALL, ALL)}
+    for dept, item in pairs:
+        keys.update(((dept, ALL), (ALL, item), (dept, item)))
+    return keys
+
+
+def _task_facts(conn, lo: datetime | None, hi: datetime, case_where: list, groups: _Groups, calendar) -> None:
+    """Step figures of [lo, hi): events of steps, steps finished, under each step's own department and item."""
+    key, clerk = process_definition.c.key, process_instance.c.started_by
     text = cast(human_task.c.departments, String)
+    cache: dict[tuple, tuple[int, int]] = {}
+
+    def keysets(departments_text, bpmn_id) -> tuple[int, int]:
+        """The keysets of a step: every figure, and (with a department) the per-department step figures."""
+        found = cache.get((departments_text, bpmn_id))
+        if found is None:
+            if departments_text is None:           # an event without a projected step: only the totals
+                found = (groups.keyset(frozenset({(ALL, ALL)})), groups.keyset(frozenset()))
+            else:
+                keys = _keys({(d, bpmn_id) for d in _departments(json.loads(departments_text))})
+                found = (groups.keyset(frozenset(keys)), groups.keyset(frozenset(k for k in keys if k[0])))
+            cache[(departments_text, bpmn_id)] = found
+        return found
+
+    def period(column):
+        return [column < hi] if lo is None else [column >= lo, column < hi]
+
+    # 1. step-level audit events by type
+    day = _day_expr(conn, audit_event.c.at)
+    query = (select(day, key, clerk, text, human_task.c.bpmn_id, audit_event.c.type, func.count())
+             .select_from(audit_event.join(process_instance, process_instance.c.id == audit_event.c.instance_id)
+                          .join(process_definition, process_definition.c.id == process_instance.c.definition_id)
+                          .outerjoin(human_task, human_task.c.id == audit_event.c.task_id))
+             .where(audit_event.c.type.in_(list(TASK_EVENTS)), *period(audit_event.c.at), *case_where)
+             .group_by(day, key, clerk, text, human_task.c.bpmn_id, audit_event.c.type))
+    for day_, flow, clerk_, departments, bpmn_id, type_, n in conn.execute(query):
+        groups.add(day_, flow, clerk_, keysets(departments, bpmn_id)[0], False, TASK_EVENTS[type_], n)
+    # 2. steps finished: by light, and per department completed, late, closed without a decision
+    day = _day_expr(conn, human_task.c.completed_at)
     light = func.coalesce(human_task.c.light, "green")
     late = and_(human_task.c.due_at.is_not(None), human_task.c.completed_at > human_task.c.due_at)
-    query = with_case(select(day.label("day"), key.label("flow"), text.label("departments"), human_task.c.status,
-                             light.label("light"), func.count().label("n"),
-                             func.sum(case((late, 1), else_=0)).label("late"))
-                      .where(human_task.c.completed_at >= lo, human_task.c.completed_at < hi,
-                             human_task.c.status.in_(["completed", "cancelled"]), *_task_filters(filters)),
-                      human_task.c.instance_id)
-    query = query.where(*_case_filters({**filters, "department": None, "item": None}, None))
-    for row in conn.execute(query.group_by(day, key, text, human_task.c.status, light)):
-        if row.status == "completed":
-            out.append((row.day, row.flow, "", "tasks_light:" + _light_name(row.light), row.n))
-        for dept in _departments(row.departments):
-            if filters["department"] and dept != filters["department"]:
-                continue
-            if row.status == "completed":
-                out += [(row.day, row.flow, dept, "step_completed", row.n),
-                        (row.day, row.flow, dept, "step_late", int(row.late or 0))]
-            else:
-                out.append((row.day, row.flow, dept, "step_closed", row.n))
-    return [(_as_date(d), flow, dept, metric, value) for d, flow, dept, metric, value in out if value]
+    query = (select(day, key, clerk, text, human_task.c.bpmn_id, human_task.c.status, light, func.count(),
+                    func.sum(case((late, 1), else_=0)))
+             .select_from(human_task.join(process_instance, process_instance.c.id == human_task.c.instance_id)
+                          .join(process_definition, process_definition.c.id == process_instance.c.definition_id))
+             .where(*period(human_task.c.completed_at), human_task.c.status.in_(["completed", "cancelled"]),
+                    *case_where)
+             .group_by(day, key, clerk, text, human_task.c.bpmn_id, human_task.c.status, light))
+    for day_, flow, clerk_, departments, bpmn_id, status, light_, n, late_n in conn.execute(query):
+        every, steps = keysets(departments, bpmn_id)
+        if status == "completed":
+            groups.add(day_, flow, clerk_, every, False, "tasks_" + _light_name(light_), n)
+            groups.add(day_, flow, clerk_, steps, True, "step_completed", n)
+            if late_n:
+                groups.add(day_, flow, clerk_, steps, True, "step_late", int(late_n))
+        else:
+            groups.add(day_, flow, clerk_, steps, True, "step_closed", n)
+    if calendar is None:
+        return
+    # 3. the office time each completed step took, for the ranking's speed per department
+    query = (select(day, key, clerk, text, human_task.c.bpmn_id, human_task.c.created_at, human_task.c.completed_at)
+             .select_from(human_task.join(process_instance, process_instance.c.id == human_task.c.instance_id)
+                          .join(process_definition, process_definition.c.id == process_instance.c.definition_id))
+             .where(*period(human_task.c.completed_at), human_task.c.status == "completed", *case_where))
+    for day_, flow, clerk_, departments, bpmn_id, created_at, completed_at in conn.execute(query):
+        seconds = round(calendar.working_seconds_between(created_at, completed_at))
+        groups.add(day_, flow, clerk_, keysets(departments, bpmn_id)[1], True, "step_seconds", seconds)
+
+
+def _chunks(conn, items: list) -> list[list]:
+    size = 900 if conn.dialect.name == "sqlite" else 5000   # bound parameters per statement
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _cases_with_tasks_created(conn, since: datetime, until: datetime | None = None) -> list[int]:
+    """Cases that got a step in [since, until): each step's creation is recorded as a task_created event."""
+    query = select(audit_event.c.instance_id).distinct().where(
+        audit_event.c.type == "task_created", audit_event.c.at >= since, audit_event.c.instance_id.is_not(None))
+    if until is not None:
+        query = query.where(audit_event.c.at < until)
+    return list(conn.execute(query).scalars())
 
 
 def roll_up(db: Database, now: datetime | None = None, max_days: int | None = None) -> int:
     """Store the figures of every finished local day not yet rolled up; returns the number of days added.
 
     A day is finished an hour after its local midnight has passed, so every transaction that could still
-    record something dated that day has committed; nothing is recorded later with an earlier date.
+    record something dated that day has committed; nothing is recorded later with an earlier date. Cases
+    that gain a department or step later move their earlier figures along as the following days are rolled;
+    a case migration to another version makes the days since the migrated case started count again.
     """
     now = now or db.config.now()
-    last = (now - timedelta(hours=1)).astimezone(LOCAL_TZ).date() - timedelta(days=1)
-    with db.read() as conn:
-        first = _rolled_until(conn)
-        if first is None:
-            earliest = conn.execute(select(func.min(process_instance.c.started_at))).scalar()
-            if earliest is None:
-                return 0
-            first = earliest.astimezone(LOCAL_TZ).date()
-    if max_days is not None:
-        last = min(last, first + timedelta(days=max_days - 1))
+    refresh_durations(db)
+    last = (now - ROLL_MARGIN).astimezone(LOCAL_TZ).date() - timedelta(days=1)
     added = 0
-    while first <= last:
-        chunk_end = min(first + timedelta(days=ROLL_UP_CHUNK_DAYS), last + timedelta(days=1))
-        db.run(lambda conn, a=first, b=chunk_end: _store_days(conn, a, b))
-        added += (chunk_end - first).days
-        first = chunk_end
+    while max_days is None or added < max_days:
+        budget = None if max_days is None else max_days - added
+        days = db.run(lambda conn: _roll_chunk(db, conn, now, last, budget))
+        if not days:
+            break
+        added += days
     return added
 
 
-def _store_days(conn, first: date, stop: date) -> None:
-    no_filters = {"department": None, "flow": None, "item": None, "clerk": None}
-    sums: dict[tuple, int] = {}
-    for day_, flow_, dept, metric, value in _measure(conn, _midnight(first), _midnight(stop), no_filters, []):
-        sums[(day_, flow_, dept, metric)] = sums.get((day_, flow_, dept, metric), 0) + value
-    rows = [{"day": d, "flow": f, "department": dept, "metric": m, "value": v} for (d, f, dept, m), v in sums.items()]
-    rows += [{"day": first + timedelta(days=i), "flow": "", "department": "", "metric": ROLLED, "value": 1}
-             for i in range((stop - first).days)]
-    insert = sqlite_insert if conn.dialect.name == "sqlite" else pg_insert
-    # Two processes may roll the same days at once; both count the same, so the second insert is a no-op.
-    conn.execute(insert(supervision_day).on_conflict_do_nothing(), rows)
+def _roll_chunk(db: Database, conn, now: datetime, last: date, budget: int | None) -> int:
+    """Roll up to a month of days in one transaction, holding the roll-up row so one process rolls at a time."""
+    state = _roll_state(conn, lock=True)
+    rolled_until = state["rolled_until"]
+    earliest, seen = _pending_migrations(conn, state, now)
+    if rolled_until is not None and earliest is not None and earliest < rolled_until:
+        conn.execute(delete(supervision_day).where(supervision_day.c.day >= earliest))
+        rolled_until = earliest
+    first = rolled_until
+    if first is None:
+        started = conn.execute(select(func.min(process_instance.c.started_at))).scalar()
+        first = started.astimezone(LOCAL_TZ).date() if started is not None else last + timedelta(days=1)
+    stop = min(first + timedelta(days=ROLL_UP_CHUNK_DAYS), last + timedelta(days=1))
+    if budget is not None:
+        stop = min(stop, first + timedelta(days=budget))
+    if stop <= first:
+        _save_roll_state(conn, rolled_until, now, seen)
+        return 0
+    lo, hi = _midnight(first), _midnight(stop)
+    _insert_days(conn, _measure(conn, lo, hi, as_of=hi, calendar=calendar_for(db, conn)))
+    if rolled_until is not None:
+        # Cases that got steps in these days carry their earlier figures to the keys those steps add.
+        gained = _cases_with_tasks_created(conn, lo, hi)
+        if gained:
+            _merge_days(conn, _measure(conn, None, lo, as_of=hi, instances=gained, since=lo))
+    _save_roll_state(conn, stop, now, seen)
+    return (stop - first).days
+
+
+def _roll_state(conn, lock: bool = False) -> dict:
+    query = select(supervision_roll).where(supervision_roll.c.id == 1)
+    row = conn.execute(query.with_for_update() if lock else query).mappings().first()
+    if row is None and lock:
+        insert = sqlite_insert if conn.dialect.name == "sqlite" else pg_insert
+        conn.execute(insert(supervision_roll).on_conflict_do_nothing(),
+                     {"id": 1, "rolled_until": None, "checked_at": None, "seen": []})
+        row = conn.execute(query.with_for_update()).mappings().first()
+    return dict(row) if row is not None else {"rolled_until": None, "checked_at": None, "seen": []}
+
+
+def _save_roll_state(conn, rolled_until: date | None, now: datetime, seen: list[str]) -> None:
+    conn.execute(update(supervision_roll).where(supervision_roll.c.id == 1)
+                 .values(rolled_until=rolled_until, checked_at=now, seen=seen))
+
+
+def _pending_migrations(conn, state: dict, now: datetime | None) -> tuple[date | None, list[str]]:
+    """The first local day of the cases migrated (or rolled back) since the last roll-up looked, and what it saw.
+
+    Migration rewrites open steps' departments and bpmn ids, so those cases' days must be counted again.
+    Looking back one margin catches migrations that committed late; `seen` keeps them from counting twice.
+    """
+    checked_at = state["checked_at"]
+    if checked_at is None:
+        return None, []
+    since = checked_at - ROLL_MARGIN
+    m = case_migration.c
+    rows = conn.execute(select(m.id, m.migrated_at, m.rolled_back_at, process_instance.c.started_at)
+                        .join(process_instance, process_instance.c.id == m.instance_id)
+                        .where(or_(m.migrated_at >= since, m.rolled_back_at >= since))).all()
+    seen = set(state["seen"] or [])
+    events = [(f"{kind}{row.id}", at, row.started_at) for row in rows
+              for kind, at in (("m", row.migrated_at), ("r", row.rolled_back_at)) if at is not None and at >= since]
+    new = [started for name, _at, started in events if name not in seen]
+    earliest = min(new).astimezone(LOCAL_TZ).date() if new else None
+    keep = [name for name, at, _started in events if now is not None and at >= now - ROLL_MARGIN]
+    return earliest, keep
 
 
 def _rolled_until(conn) -> date | None:
-    """The first local day not rolled up yet (days are rolled in order), or None before the first roll-up."""
-    last = conn.execute(select(func.max(supervision_day.c.day)).where(supervision_day.c.metric == ROLLED)).scalar()
-    return _as_date(last) + timedelta(days=1) if last is not None else None
+    """The first local day whose figures are not rolled up (None before the first roll-up).
+
+    Days from the start of a case migrated since the last roll-up count as not rolled up until the next one.
+    """
+    state = _roll_state(conn)
+    rolled_until = state["rolled_until"]
+    if rolled_until is None:
+        return None
+    earliest, _seen = _pending_migrations(conn, state, None)
+    return min(rolled_until, earliest) if earliest is not None else _as_date(rolled_until)
 
 
-def _rolled_rows(conn, first: date, stop: date, flow: str | None) -> list[tuple]:
-    """Rolled-up figures as (None, department, metric, total) rows, plus (month, None, metric, total) for the trend."""
-    in_range = [supervision_day.c.day >= first, supervision_day.c.day < stop]
-    if flow:
-        in_range.append(supervision_day.c.flow == flow)
-    totals = (select(supervision_day.c.department, supervision_day.c.metric, func.sum(supervision_day.c.value))
-              .where(*in_range, supervision_day.c.metric != ROLLED)
-              .group_by(supervision_day.c.department, supervision_day.c.metric))
-    rows = [(None, dept, metric, int(value)) for dept, metric, value in conn.execute(totals)]
-    month = _month_expr(conn, supervision_day.c.day)
-    trend = (select(month, supervision_day.c.metric, func.sum(supervision_day.c.value))
-             .where(*in_range, supervision_day.c.department == "", supervision_day.c.metric.in_(TREND_METRICS))
-             .group_by(month, supervision_day.c.metric))
-    return rows + [(name, None, metric, int(value)) for name, metric, value in conn.execute(trend)]
+def _insert_days(conn, measured: dict) -> None:
+    rows = [_day_row(key, values) for key, values in measured.items()]
+    for start in range(0, len(rows), 2000):
+        conn.execute(supervision_day.insert(), rows[start:start + 2000])
+
+
+def _merge_days(conn, measured: dict) -> None:
+    """Add figures to days already rolled up (read, add, write back: the roll-up row lock is held)."""
+    t = supervision_day
+    columns = (t.c.day, t.c.flow, t.c.clerk, t.c.department, t.c.item)
+    wanted = {(_as_date(day), flow, clerk, dept, item): values
+              for (day, flow, clerk, dept, item), values in measured.items()}
+    keys = list(wanted)
+    for chunk in _chunks(conn, keys):
+        for row in conn.execute(select(t).where(tuple_(*columns).in_(chunk))).mappings():
+            values = wanted[(_as_date(row["day"]), row["flow"], row["clerk"], row["department"], row["item"])]
+            for name in FIGURES:
+                if row[name]:
+                    values[name] = values.get(name, 0) + row[name]
+            for bucket, count in (row["histogram"] or {}).items():
+                values[int(bucket)] = values.get(int(bucket), 0) + count
+    insert = sqlite_insert if conn.dialect.name == "sqlite" else pg_insert
+    statement = insert(t)
+    statement = statement.on_conflict_do_update(
+        index_elements=[c.name for c in t.primary_key.columns],
+        set_={name: statement.excluded[name] for name in (*FIGURES, "histogram")})
+    rows = [_day_row(key, values) for key, values in wanted.items()]
+    for start in range(0, len(rows), 2000):
+        conn.execute(statement, rows[start:start + 2000])
+
+
+def _day_row(key: tuple, values: dict) -> dict:
+    day, flow, clerk, dept, item = key
+    row = {"day": _as_date(day), "flow": flow, "clerk": clerk, "department": dept, "item": item,
+           **dict.fromkeys(FIGURES, 0)}
+    histogram = {}
+    for name, value in values.items():
+        if isinstance(name, int):
+            histogram[str(name)] = value
+        else:
+            row[name] = value
+    row["histogram"] = histogram or None
+    return row
+
+
+@contextmanager
+def read_snapshot(db: Database) -> Iterator:
+    """A read transaction that sees one snapshot throughout, so a roll-up committing meanwhile is seen whole."""
+    if db.is_sqlite:
+        with db.read() as conn:     # WAL: a read transaction keeps the snapshot of its first read
+            yield conn
+        return
+    with db.engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
+        with conn.begin():
+            yield conn
 
 
 def _case_filters(filters: dict, scope) -> list:
@@ -479,8 +852,11 @@ def _task_filters(filters: dict) -> list:
 
 
 def _has_department(key: str):
-    # departments is a JSON list of keys; its text contains the quoted key exactly when the list does.
-    return cast(human_task.c.departments, String).like(f'%"{_escape_like(key)}"%', escape="\\")
+    # departments is a JSON list of keys; its text contains the key as JSON writes it exactly when the list
+    # does. A step without departments is the window's (as _departments reads it).
+    text = cast(human_task.c.departments, String)
+    found = text.like(f"%{_escape_like(json.dumps(key))}%", escape="\\")
+    return or_(found, text.in_(["[]", "null"])) if key == WINDOW else found
 
 
 def _escape_like(text: str) -> str:
@@ -537,13 +913,13 @@ def _month_expr(conn, day_column):
     return func.to_char(day_column, literal_column("'YYYY-MM'"))
 
 
-def _trend(rows: list[tuple], lo: datetime, hi: datetime) -> list[dict]:
+def _trend(sums: dict[str, dict], lo: datetime, hi: datetime) -> list[dict]:
     months = {name: {"month": name, "received": 0, "completed": 0, "on_time": 0, "cases_overdue": 0}
               for name in _months(lo, hi)}
-    wanted = dict(zip(TREND_METRICS, ("received", "completed", "on_time", "cases_overdue")))
-    for month, dept, metric, value in rows:
-        if not dept and metric in wanted and month in months:
-            months[month][wanted[metric]] += value
+    for month, values in sums.items():
+        if month in months:
+            for figure, name in TREND_FIGURES.items():
+                months[month][name] += values[figure]
     for entry in months.values():
         entry["on_time_rate"] = _ratio(entry["on_time"], entry["completed"])
     return list(months.values())
@@ -559,23 +935,19 @@ def _months(lo: datetime, hi: datetime) -> list[str]:
     return names
 
 
-def _per_department(rows: list[tuple], names: dict) -> list[dict]:
+def _per_department(sums: dict[str, dict], names: dict) -> list[dict]:
     """Steps finished in the period per department: completed, on time, late, closed without a decision."""
-    found: dict[str, dict] = {}
-    for _month, dept, metric, value in rows:
-        if dept:
-            entry = found.setdefault(dept, {"department": dept, "name": names.get(dept, dept), "completed": 0,
-                                            "on_time": 0, "late": 0, "closed_without_decision": 0})
-            if metric == "step_completed":
-                entry["completed"] += value
-            elif metric == "step_late":
-                entry["late"] += value
-            elif metric == "step_closed":
-                entry["closed_without_decision"] += value
-    for entry in found.values():
-        entry["on_time"] = entry["completed"] - entry["late"]
-        entry["on_time_rate"] = _ratio(entry["on_time"], entry["completed"])
-    return [found[k] for k in sorted(found)]
+    found = []
+    for dept in sorted(sums):
+        values = sums[dept]
+        completed, late = values.get("step_completed", 0), values.get("step_late", 0)
+        if not (completed or values.get("step_closed")):
+            continue
+        found.append({"department": dept, "name": names.get(dept, dept), "completed": completed,
+                      "on_time": completed - late, "late": late,
+                      "closed_without_decision": values.get("step_closed", 0),
+                      "on_time_rate": _ratio(completed - late, completed)})
+    return found
 
 
 def _light_name(value: str | None) -> str:
@@ -590,16 +962,12 @@ def _as_date(value) -> date:
     return date.fromisoformat(str(value)[:10])
 
 
-def _satisfaction(conn, lo, hi, case_where) -> dict | None:
-    query = (select(func.count().label("n"), func.avg(rating.c.score).label("avg"),
-                    func.sum(case((rating.c.score >= 4, 1), else_=0)).label("satisfied"))
-             .select_from(rating.join(process_instance, process_instance.c.id == rating.c.instance_id)
-                          .join(process_definition, process_definition.c.id == process_instance.c.definition_id))
-             .where(rating.c.rated_at >= lo, rating.c.rated_at < hi, *case_where))
-    row = conn.execute(query).one()
-    if not row.n:
+def _satisfaction(totals: dict) -> dict | None:
+    count = totals.get("ratings", 0)
+    if not count:
         return None
-    return {"ratings": row.n, "average_score": round(float(row.avg), 2), "satisfied_rate": _ratio(row.satisfied, row.n)}
+    return {"ratings": count, "average_score": round(totals.get("rating_sum", 0) / count, 2),
+            "satisfied_rate": _ratio(totals.get("rating_satisfied", 0), count)}
 
 
 def statistics_csv(result: dict) -> str:
@@ -669,7 +1037,7 @@ def _midnight(day: date) -> datetime:
 def _departments(value) -> list[str]:
     if isinstance(value, str):
         value = json.loads(value)
-    return list(value) if value else ["window"]
+    return list(value) if value else [WINDOW]
 
 
 def _speed_up(net, limit) -> float | None:

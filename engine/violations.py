@@ -1,11 +1,10 @@
 """Violations (电子监察 红灯): an append-only record of each breach, annotated and closed by supervisors; 红旗窗口 ranking."""
 from __future__ import annotations
 
-import statistics
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Integer, and_, func, select, update
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -15,7 +14,6 @@ from .errors import Conflict, InvalidInput, NotFound, PermissionDenied, Problem
 from .store import (
     Database,
     audit_event,
-    case_duration,
     department,
     human_task,
     process_definition,
@@ -186,64 +184,51 @@ def _note(db: Database, violation_id: int, user: User, text: str, close: bool) -
     return get_violation(db, violation_id, user)
 
 
-def ranking(db: Database, user: User, month: str | None = None) -> dict:
-    """Monthly 红旗窗口 ranking: departments by their steps, windows (clerks who received cases) by their cases."""
+def ranking(db: Database, user: User, month: str | None = None, now: datetime | None = None) -> dict:
+    """Monthly 红旗窗口 ranking: departments by their steps, windows (clerks who received cases) by their cases.
+
+    Read from the statistics roll-up (steps finished per department, cases completed per receiving clerk)
+    plus a live count of the days not rolled up yet; ratings of departments and violations are counted live.
+    """
     _require_supervisor(user)
-    first = _month(month) if month else db.config.now().astimezone(LOCAL_TZ).date().replace(day=1)
+    now = now or db.config.now()
+    first = _month(month) if month else now.astimezone(LOCAL_TZ).date().replace(day=1)
     following = (first.replace(day=28) + timedelta(days=4)).replace(day=1)
     start, end = _local_midnight(first), _local_midnight(following)
-    supervision.refresh_durations(db)
-    with db.read() as conn:
+    supervision.roll_up(db, now, max_days=supervision.REQUEST_ROLL_UP_DAYS)
+    with supervision.read_snapshot(db) as conn:
         calendar = calendar_for(db, conn)
         per_day = calendar.office_hours.seconds_per_day
         names = dict(conn.execute(select(department.c.key, department.c.name)).all())
-        steps = conn.execute(select(human_task.c.departments, human_task.c.created_at, human_task.c.completed_at,
-                                    human_task.c.due_at)
-                             .where(human_task.c.status == "completed", human_task.c.completed_at >= start,
-                                    human_task.c.completed_at < end)).all()
-        dept_ratings = {r.department: (r.n, r.avg) for r in conn.execute(
-            select(rating.c.department, func.count().label("n"), func.avg(rating.c.score).label("avg"))
+        by_dept, by_window = supervision.monthly_figures(conn, first, following, calendar)
+        dept_ratings = {r.department: (r.n, r.total) for r in conn.execute(
+            select(rating.c.department, func.count().label("n"), func.sum(rating.c.score).label("total"))
             .where(rating.c.rated_at >= start, rating.c.rated_at < end, rating.c.department.is_not(None))
             .group_by(rating.c.department))}
         late = dict(conn.execute(select(violation.c.department, func.count()).where(
             violation.c.occurred_at >= start, violation.c.occurred_at < end).group_by(violation.c.department)).all())
-        windows = conn.execute(
-            select(process_instance.c.started_by, func.count().label("completed"),
-                   func.sum(case_duration.c.on_time.cast(Integer)).label("on_time"),
-                   func.avg(case_duration.c.taken_seconds - case_duration.c.paused_seconds).label("avg_seconds"))
-            .join(case_duration, case_duration.c.instance_id == process_instance.c.id)
-            .where(case_duration.c.ended_at >= start, case_duration.c.ended_at < end,
-                   process_instance.c.started_by.is_not(None))
-            .group_by(process_instance.c.started_by)).all()
-        window_ratings = {r.started_by: (r.n, r.avg) for r in conn.execute(
-            select(process_instance.c.started_by, func.count().label("n"), func.avg(rating.c.score).label("avg"))
-            .join(process_instance, process_instance.c.id == rating.c.instance_id)
-            .where(rating.c.rated_at >= start, rating.c.rated_at < end).group_by(process_instance.c.started_by))}
-    by_dept: dict[str, dict] = {}
-    for row in steps:
-        taken = calendar.working_seconds_between(row.created_at, row.completed_at) / per_day
-        for key in row.departments or ["window"]:
-            entry = by_dept.setdefault(key, {"completed": 0, "on_time": 0, "days": []})
-            entry["completed"] += 1
-            entry["on_time"] += row.due_at is None or row.completed_at <= row.due_at
-            entry["days"].append(taken)
     departments = []
-    for key in sorted(set(by_dept) | {k for k in dept_ratings if k}):
-        entry = by_dept.get(key, {"completed": 0, "on_time": 0, "days": []})
-        count, avg = dept_ratings.get(key, (0, None))
+    for key in sorted({k for k, v in by_dept.items() if v.get("step_completed")} | {k for k in dept_ratings if k}):
+        entry = by_dept.get(key, {})
+        completed = entry.get("step_completed", 0)
+        count, total = dept_ratings.get(key, (0, None))
         departments.append({
-            "department": key, "name": names.get(key, key), "completed": entry["completed"],
-            "on_time_rate": _ratio(entry["on_time"], entry["completed"]),
-            "average_working_days": round(statistics.fmean(entry["days"]), 2) if entry["days"] else None,
+            "department": key, "name": names.get(key, key), "completed": completed,
+            "on_time_rate": _ratio(completed - entry.get("step_late", 0), completed),
+            "average_working_days": round(entry.get("step_seconds", 0) / completed / per_day, 2) if completed else None,
             "violations": late.get(key, 0), "ratings": count,
-            "satisfaction": round(float(avg), 2) if avg is not None else None})
+            "satisfaction": round(int(total) / count, 2) if count else None})
     window_rows = []
-    for row in windows:
-        count, avg = window_ratings.get(row.started_by, (0, None))
+    for clerk in sorted(by_window):
+        entry = by_window[clerk]
+        completed = entry.get("dur_n", 0)
+        if not completed:
+            continue
+        count = entry.get("ratings", 0)
         window_rows.append({
-            "clerk": row.started_by, "completed": row.completed, "on_time_rate": _ratio(row.on_time or 0, row.completed),
-            "average_working_days": round(float(row.avg_seconds) / per_day, 2) if row.avg_seconds is not None else None,
-            "ratings": count, "satisfaction": round(float(avg), 2) if avg is not None else None})
+            "clerk": clerk, "completed": completed, "on_time_rate": _ratio(entry.get("dur_on_time", 0), completed),
+            "average_working_days": round(entry.get("dur_net", 0) / completed / per_day, 2),
+            "ratings": count, "satisfaction": round(entry.get("rating_sum", 0) / count, 2) if count else None})
     return {"month": first.strftime("%Y-%m"), "departments": _rank(departments), "windows": _rank(window_rows)}
 
 
