@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # runnable as `.venv/bin/python bench/bench_completion.py` without installing
     sys.path.insert(0, str(REPO))
 
-from sqlalchemy import create_engine, make_url, select, text  # noqa: E402
+from sqlalchemy import create_engine, make_url, text  # noqa: E402
 from sqlalchemy.exc import SQLAlchemyError  # noqa: E402
 from SpiffWorkflow.bpmn.workflow import BpmnWorkflow  # noqa: E402
 from SpiffWorkflow.util.task import TaskState  # noqa: E402
@@ -33,7 +33,7 @@ from engine import accounts, runtime, schema, snapshot, timekeeping, worklist  #
 from engine.bpmn import ApprovalsParser, parse_xml  # noqa: E402
 from engine.config import Config, normalise_database_url  # noqa: E402
 from engine.deploy import SourceFile, deploy  # noqa: E402
-from engine.store import Database, workflow_state  # noqa: E402
+from engine.store import Database  # noqa: E402
 
 TARGET_RATIO = 2.0
 BENCH_USER = "bench_clerk"
@@ -153,17 +153,14 @@ class EngineDriver:
 
     def unfinished(self, instance_id: int) -> list[str]:
         with self.db.read() as conn:
-            body = conn.execute(select(workflow_state.c.body)
-                                .where(workflow_state.c.instance_id == instance_id)).scalar_one()
+            state = snapshot.read_state(conn, instance_id)
         finished = TaskState.COMPLETED | TaskState.CANCELLED | TaskState.ERROR
-        return [f"{t['task_spec']}:{TaskState.get_name(t['state'])}" for t in json.loads(body)["tasks"].values()
+        return [f"{t['task_spec']}:{TaskState.get_name(t['state'])}" for t in state["tasks"].values()
                 if not t["state"] & finished]
 
     def final_data(self, instance_id: int) -> dict:
         with self.db.read() as conn:
-            body = conn.execute(select(workflow_state.c.body)
-                                .where(workflow_state.c.instance_id == instance_id)).scalar_one()
-        return json.loads(body)["data"]
+            return snapshot.read_state(conn, instance_id)["data"]
 
     def _open_tasks(self, instance_id: int) -> dict[str, int]:
         return {t["bpmn_id"]: t["id"] for t in worklist.list_tasks(self.db, self.user, limit=500)

@@ -24,7 +24,7 @@ from bench.bench_completion import ScratchPostgres, forget_engine_caches, sqlite
 from engine import accounts, deploy, migration, runtime, schema  # noqa: E402
 from engine.config import Config, normalise_database_url  # noqa: E402
 from engine.store import (  # noqa: E402
-    Database, human_task, process_instance, task_queue, timer, workflow_state,
+    Database, human_task, process_instance, task_queue, timer, workflow_state, workflow_task,
 )
 
 KEY = "enterprise_startup"
@@ -104,7 +104,9 @@ def _copy(db: Database, templates: dict, cases: int) -> None:
     """Insert `cases` running cases as copies of the templates (explicit ids, a thousand rows a statement)."""
     with db.write() as conn:
         rows = {state: (dict(conn.execute(select(process_instance).where(process_instance.c.id == i)).mappings().one()),
-                        conn.execute(select(workflow_state.c.body).where(workflow_state.c.instance_id == i)).scalar(),
+                        (conn.execute(select(workflow_state.c.body).where(workflow_state.c.instance_id == i)).scalar(),
+                         [dict(r) for r in conn.execute(select(workflow_task).where(
+                             workflow_task.c.instance_id == i)).mappings()]),
                         [dict(r) for r in conn.execute(select(human_task).where(human_task.c.instance_id == i)).mappings()],
                         [dict(r) for r in conn.execute(select(task_queue).join(
                             human_task, human_task.c.id == task_queue.c.human_task_id)
@@ -113,12 +115,13 @@ def _copy(db: Database, templates: dict, cases: int) -> None:
                 for state, i in templates.items()}
         next_case = conn.execute(select(func.max(process_instance.c.id))).scalar() + 1
         next_task = conn.execute(select(func.max(human_task.c.id))).scalar() + 1
-        batch: dict[str, list] = {"case": [], "state": [], "task": [], "queue": [], "timer": []}
+        batch: dict[str, list] = {"case": [], "state": [], "steps": [], "task": [], "queue": [], "timer": []}
         for n in range(cases):
-            case_row, body, tasks, queue, timers = rows[STATES[n % len(STATES)]]
+            case_row, (head, steps), tasks, queue, timers = rows[STATES[n % len(STATES)]]
             case_id = next_case + n
             batch["case"].append({**case_row, "id": case_id, "case_no": f"B{n:08d}", "verification_code": None})
-            batch["state"].append({"instance_id": case_id, "body": body})
+            batch["state"].append({"instance_id": case_id, "body": head})
+            batch["steps"] += [{**step, "instance_id": case_id} for step in steps]
             ids = {}
             for task in tasks:
                 ids[task["id"]] = next_task
@@ -127,8 +130,8 @@ def _copy(db: Database, templates: dict, cases: int) -> None:
             batch["queue"] += [{**q, "human_task_id": ids[q["human_task_id"]]} for q in queue]
             batch["timer"] += [{**t, "id": None, "instance_id": case_id} for t in timers]
             if len(batch["case"]) >= 1000 or n == cases - 1:
-                for table, key in ((process_instance, "case"), (workflow_state, "state"), (human_task, "task"),
-                                   (task_queue, "queue")):
+                for table, key in ((process_instance, "case"), (workflow_state, "state"), (workflow_task, "steps"),
+                                   (human_task, "task"), (task_queue, "queue")):
                     conn.execute(table.insert(), batch[key])
                 conn.execute(timer.insert(), [{k: v for k, v in t.items() if k != "id"} for t in batch["timer"]])
                 batch = {k: [] for k in batch}

@@ -29,7 +29,7 @@ from engine.config import Config  # noqa: E402
 from engine.lights import light_of  # noqa: E402
 from engine.timekeeping import calendar_for  # noqa: E402
 from engine.store import (  # noqa: E402
-    Database, audit_event, human_task, process_instance, task_queue, workflow_state,
+    Database, audit_event, human_task, process_instance, task_queue, workflow_state, workflow_task,
 )
 from webui import create_app  # noqa: E402
 
@@ -52,7 +52,8 @@ class Template:
     """A real case the engine ran to some stage: its stored workflow and human tasks, cloned many times."""
 
     definition_id: int
-    body: str
+    body: str              # the workflow's head row
+    steps: list[dict]      # its task rows
     open_tasks: list[dict]
     done_tasks: list[dict]
 
@@ -108,11 +109,13 @@ def make_templates(db: Database) -> dict[str, Template]:
     with db.read() as conn:
         for stage, instance_id in started.items():
             body = conn.execute(select(workflow_state.c.body).where(workflow_state.c.instance_id == instance_id)).scalar()
+            steps = [dict(r) for r in conn.execute(select(workflow_task).where(
+                workflow_task.c.instance_id == instance_id)).mappings()]
             definition_id = conn.execute(select(process_instance.c.definition_id)
                                          .where(process_instance.c.id == instance_id)).scalar()
             rows = [dict(r) for r in conn.execute(select(human_task).where(human_task.c.instance_id == instance_id)
                                                  .order_by(human_task.c.id)).mappings()]
-            templates[stage] = Template(definition_id, body, [r for r in rows if r["status"] == "open"],
+            templates[stage] = Template(definition_id, body, steps, [r for r in rows if r["status"] == "open"],
                                         [r for r in rows if r["status"] == "completed"])
     return templates
 
@@ -136,7 +139,7 @@ def seed_pages(db: Database, count: int, bodies_every: int, rng: random.Random) 
     today = now.astimezone(SHANGHAI).date()
     chunk = 5000
     for first in range(0, count, chunk):
-        instances, states, tasks, queue, events = [], [], [], [], []
+        instances, states, steps, tasks, queue, events = [], [], [], [], [], []
         for i in range(first, min(first + chunk, count)):
             stage = rng.choices(names, weights)[0]
             template = templates[stage]
@@ -152,6 +155,7 @@ def seed_pages(db: Database, count: int, bodies_every: int, rng: random.Random) 
             with_body = i % bodies_every == 0
             if with_body:
                 states.append({"instance_id": instance_id, "body": template.body})
+                steps += [{**step, "instance_id": instance_id} for step in template.steps]
             events.append({"at": started_at, "actor": "window1", "type": "case_started", "instance_id": instance_id,
                            "task_id": None, "data": {"case_no": case_no}})
             for done in template.done_tasks:
@@ -182,6 +186,7 @@ def seed_pages(db: Database, count: int, bodies_every: int, rng: random.Random) 
             conn.execute(process_instance.insert(), instances)
             if states:
                 conn.execute(workflow_state.insert(), states)
+                conn.execute(workflow_task.insert(), steps)
             conn.execute(human_task.insert(), tasks)
             conn.execute(task_queue.insert(), queue)
             conn.execute(audit_event.insert(), events)

@@ -16,10 +16,10 @@ from .accounts import User
 from .errors import ApprovalsError, Conflict, FormInvalid, NotFound, Problem
 from .lights import light_of
 from .projection import extensions
-from .snapshot import decode, find_task, load_specs
+from .snapshot import decode, find_task, load_specs, read_state
 from .store import (
     Database, applicant_access, attachment, department, human_task, process_definition, process_instance,
-    query_attempt, workflow_state,
+    query_attempt,
 )
 from .timekeeping import calendar_for
 
@@ -489,8 +489,7 @@ def _supplement_request(task, data: dict, material_names: dict) -> dict | None:
 
 def _task_data(conn, row, specs, task_guid: str) -> dict:
     """The data an open task holds, read from the stored workflow (nothing is stepped or saved)."""
-    body = conn.execute(select(workflow_state.c.body).where(workflow_state.c.instance_id == row["id"])).scalar()
-    workflow = decode(body, specs)
+    workflow = decode(read_state(conn, row["id"]), specs)
     task = find_task(workflow, task_guid)
     return dict(task.data) if task is not None else {}
 

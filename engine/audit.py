@@ -5,6 +5,7 @@ from datetime import datetime
 
 from sqlalchemy import select
 
+from .statements import HotStatement
 from .store import audit_event
 
 
@@ -14,12 +15,12 @@ def record(conn, at: datetime, actor: str | None, type_: str, instance_id: int |
         at=at, actor=actor, type=type_, instance_id=instance_id, task_id=task_id, data=data or {}))
 
 
-_INSERT = audit_event.insert()
+_INSERT = HotStatement(audit_event.insert(), columns=("at", "actor", "type", "instance_id", "task_id", "data"))
 
 
 def record_many(conn, rows: list[dict]) -> None:
     if rows:
-        conn.execute(_INSERT, rows)
+        _INSERT.execute(conn, rows)
 
 
 def for_instance(conn, instance_id: int) -> list[dict]:

@@ -15,10 +15,9 @@ from .accounts import User
 from .errors import InvalidInput, NotFound, PermissionDenied, Problem
 from .lights import RED, light_of
 from .projection import may_work_on
-from .snapshot import decode, load_specs
+from .snapshot import decode, load_specs, read_state
 from .store import (
     Database, app_user, attachment, clock_pause, department, human_task, process_definition, process_instance,
-    workflow_state,
 )
 from .timekeeping import calendar_for
 
@@ -119,9 +118,11 @@ def list_cases(db: Database, user: User, search: str = "", status: str = "", lim
              .order_by(process_instance.c.id.desc()).limit(limit + 1).offset(max(0, int(offset))))
     search = (search or "").strip()[:100]
     if search.isascii() and search.isdigit():
-        # A case number (or its date prefix): the unique index answers, never a scan of applicants.
-        query = query.where(process_instance.c.case_no == search if len(search) >= 13
-                            else process_instance.c.case_no.like(search + "%"))
+        # A case number (or its date prefix): the unique index answers, never a scan of applicants. A notice's
+        # verification code can be all digits too.
+        query = query.where(or_(process_instance.c.case_no == search if len(search) >= 13
+                                else process_instance.c.case_no.like(search + "%"),
+                                process_instance.c.verification_code == search))
     elif search:
         literal = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         query = query.where(or_(process_instance.c.applicant.like("%" + literal + "%", escape="\\"),
@@ -185,10 +186,8 @@ def _read(db: Database, instance_id: int, user: User) -> _Read:
         row = conn.execute(
             select(process_instance, process_definition.c.key.label("process_key"),
                    process_definition.c.name.label("process_name"), process_definition.c.version,
-                   process_definition.c.bpmn_xml, process_definition.c.spec_json, process_definition.c.guide,
-                   workflow_state.c.body)
+                   process_definition.c.bpmn_xml, process_definition.c.spec_json, process_definition.c.guide)
             .join(process_definition, process_definition.c.id == process_instance.c.definition_id)
-            .join(workflow_state, workflow_state.c.instance_id == process_instance.c.id)
             .where(process_instance.c.id == instance_id)).mappings().first()
         if row is None:
             raise NotFound(f"no case {instance_id}")
@@ -205,8 +204,9 @@ def _read(db: Database, instance_id: int, user: User) -> _Read:
         people = {r.username: r.name for r in conn.execute(
             select(app_user.c.username, app_user.c.name).where(app_user.c.username.in_(actors - {None})))}
         calendar = calendar_for(db, conn)
+        state = read_state(conn, instance_id)
     # Read-only: the stored state is decoded, never stepped (only engine/runtime.py steps workflows).
-    workflow = decode(row["body"], load_specs(row["definition_id"], row["spec_json"]))
+    workflow = decode(state, load_specs(row["definition_id"], row["spec_json"]))
     return _Read(dict(row), [dict(t) for t in tasks], events, [dict(p) for p in pauses], workflow,
                  _case_data(workflow), calendar, db.config.now(), names, people, _localiser(db))
 

@@ -22,10 +22,10 @@ from .bpmn import task_departments
 from .errors import ApprovalsError, Conflict, InvalidInput, NotFound, PermissionDenied, Problem
 from .scripting import using_calendar
 from .scripting import script_engine
-from .snapshot import Snapshot, _registry, load_specs
+from .snapshot import Snapshot, _registry, load_specs, read_state, write_state
 from .store import (
     Database, audit_event, case_migration, clock_pause, human_task, process_definition, process_instance,
-    task_queue, timer, workflow_state,
+    task_queue, timer,
 )
 from .timekeeping import calendar_for
 
@@ -108,8 +108,7 @@ def rollback_migration(db: Database, instance_id: int, user: User) -> dict:
             raise Conflict(f"case {row['case_no']} has moved on since it was migrated; it can no longer be rolled back")
         now = db.config.now()
         before = last["projection_before"]
-        conn.execute(update(workflow_state).where(workflow_state.c.instance_id == instance_id)
-                     .values(body=last["state_before"]))
+        write_state(conn, instance_id, last["state_before"])
         open_ids = [t["id"] for t in before["tasks"]]
         current = conn.execute(select(human_task.c.departments).where(human_task.c.id.in_(open_ids))).all()
         queues = {q["department_key"] for q in before["queue"]} | {d for r in current for d in _queues(r.departments)}
@@ -251,9 +250,9 @@ def _plan_case(conn, migration: _Migration, row: dict, calendar, now: datetime) 
     if row["status"] != "running":
         plan.reasons.append(f"the case is {row['status']}")
         return plan
-    plan.body_before = conn.execute(select(workflow_state.c.body).where(
-        workflow_state.c.instance_id == row["id"])).scalar()
-    workflow = _decode(plan.body_before, migration.source.specs)
+    state = read_state(conn, row["id"])
+    plan.body_before = json.dumps(state, ensure_ascii=False, separators=(",", ":"))
+    workflow = _decode(state, migration.source.specs)
     open_rows = conn.execute(select(human_task).where(human_task.c.instance_id == row["id"],
                                                       human_task.c.status == "open")
                              .order_by(human_task.c.id)).mappings().all()
@@ -564,7 +563,7 @@ def _store(conn, plan: _Plan, now: datetime, actor: str | None) -> None:
         instance_id=instance_id, from_definition_id=plan.migration.source.id,
         to_definition_id=plan.migration.target.id, migrated_at=now, migrated_by=actor, revision_after=revision,
         state_before=plan.body_before, projection_before=before, mapping=mapping))
-    conn.execute(update(workflow_state).where(workflow_state.c.instance_id == instance_id).values(body=plan.body_after))
+    write_state(conn, instance_id, plan.body_after)
     for task_id, values in plan.task_values.items():
         conn.execute(update(human_task).where(human_task.c.id == task_id).values(**values))
     if plan.task_values:
@@ -590,13 +589,12 @@ def _store(conn, plan: _Plan, now: datetime, actor: str | None) -> None:
 
 # ---- small helpers --------------------------------------------------------------------------------
 
-def _decode(body: str, specs) -> object:
+def _decode(state: dict, specs) -> object:
     """snapshot.decode without rebuilding the specs from JSON for every case (half the cost of a batch).
 
     The deployed specs are shared read-only, as start_case already shares them between new workflows;
     this is SpiffWorkflow 3.2's BpmnWorkflowConverter.from_dict with the spec restore left out.
     """
-    state = json.loads(body)
     state.pop("serializer_version", None)
     converter = _registry.convert_from_dict[state["typename"]].args[0].__self__
     workflow = converter.target_class(specs.spec, dict(specs.subprocess_specs), deserializing=True)

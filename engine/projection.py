@@ -12,12 +12,13 @@ from . import clock
 from .snapshot import find_task
 from .accounts import User, resolve_departments
 from .bpmn import task_departments
+from .statements import HotStatement
 from .store import human_task, task_queue, timer
 
 # Steps drawn outside any department lane are queued for the comprehensive window (综合窗口).
 WINDOW_QUEUE = "__window__"
-# Prebuilt statements of the hot path (see store.py on why).
-_DEQUEUE = delete(task_queue).where(task_queue.c.human_task_id.in_(bindparam("ids", expanding=True)))
+# Prebuilt statements of the hot path (see statements.py on why).
+_DEQUEUE = HotStatement(delete(task_queue).where(task_queue.c.human_task_id == bindparam("task_id")))
 _NEW_TASK = human_task.insert()
 _ENQUEUE = task_queue.insert()
 _NEW_TIMER = timer.insert()
@@ -46,7 +47,7 @@ def sync_human_tasks(conn, case, ready: dict, snapshot, refresh_due: bool) -> No
     gone = {guid: task_id for guid, task_id in open_rows.items() if guid not in ready}
     dequeue = list(gone.values()) + ([case.completed_task] if case.completed_task else [])
     if dequeue:
-        conn.execute(_DEQUEUE, {"ids": dequeue})
+        _DEQUEUE.execute(conn, [{"task_id": task_id} for task_id in dequeue])
     if gone:
         # Tasks completed through complete() are already closed; the rest were cancelled by the
         # diagram: an interrupting timer (超时默许), a terminate end, or another branch winning.

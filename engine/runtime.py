@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import secrets
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 from datetime import datetime
 from typing import Callable
 from zoneinfo import ZoneInfo
@@ -19,27 +20,24 @@ from . import audit, clock, forms, projection, violations
 from .accounts import User
 from .errors import ApprovalsError, Conflict, InvalidInput, NotFound, PermissionDenied, Problem
 from .scripting import using_calendar
-from .snapshot import Snapshot, decode, find_task, load_specs, new_workflow, snapshots, tasks_in
+from .statements import HotQuery, HotStatement
+from .snapshot import Snapshot, find_task, load_specs, new_workflow, snapshots, stored_snapshot, tasks_in
 from .store import (
     Database, case_sequence, clock_pause, human_task, process_definition, process_instance, timer,
-    workflow_state,
 )
 from .timekeeping import calendar_for
 
 LOCAL_TZ = ZoneInfo("Asia/Shanghai")
-# Prebuilt statements of the hot path (see store.py on why).
-_TASK_ROW = select(human_task).where(human_task.c.id == bindparam("task_id"))
+# Prebuilt statements of the hot path (see statements.py on why).
+_TASK_ROW = HotQuery(select(human_task).where(human_task.c.id == bindparam("task_id")))
 # (UPDATE parameters may not reuse a column's name: SQLAlchemy reserves those for the SET clause.)
-_CLOSE_TASK = update(human_task).where(human_task.c.id == bindparam("task_id")).values(
+_CLOSE_TASK = HotStatement(update(human_task).where(human_task.c.id == bindparam("task_id")).values(
     status=bindparam("new_status"), completed_at=bindparam("at"), completed_by=bindparam("by"),
-    assignee=bindparam("new_assignee"))
-_SAVE_STATE = update(workflow_state).where(workflow_state.c.instance_id == bindparam("case_id")).values(
-    body=bindparam("new_body"))
-_SAVE_CASE = update(process_instance).where(process_instance.c.id == bindparam("case_id")).values(
-    revision=bindparam("new_revision"), status=bindparam("new_status"), ended_at=bindparam("new_ended_at"),
-    due_at=bindparam("new_due_at"), statutory_due_at=bindparam("new_statutory_due_at"),
-    paused_since=bindparam("new_paused_since"), extended_at=bindparam("new_extended_at"),
-    applicant=bindparam("new_applicant"))
+    assignee=bindparam("new_assignee")))
+# The case columns a save may change. Only those that did change are written: setting an indexed column,
+# even to its old value, makes SQLite rewrite that index's pages, and most saves change only the revision.
+_CASE_COLUMNS = ("revision", "status", "ended_at", "due_at", "statutory_due_at", "paused_since", "extended_at",
+                 "applicant")
 PAUSE_ROLES = ("window", "lead", "supervisor", "admin")
 EXTEND_ROLES = ("lead", "supervisor", "admin")
 
@@ -61,6 +59,10 @@ class _Case:
     completed_task: int | None = None
     resumed: bool = False
     task_row: dict | None = None
+    stored: dict = field(default_factory=dict)   # the case row as it is in the database
+
+    def __post_init__(self):
+        self.stored = dict(self.row)
 
     def event(self, type_: str, task_id: int | None = None, **data) -> None:
         self.events.append({"at": self.now, "actor": self.actor, "type": type_,
@@ -153,8 +155,8 @@ def complete(db: Database, task_id: int, user: User, data: dict | None = None, o
         spiff_task.set_data(**values, **_instance_counters(spiff_task))
         with _diagram_errors():
             spiff_task.run()
-        conn.execute(_CLOSE_TASK, {"task_id": task_id, "new_status": "completed", "at": case.now,
-                                   "by": user.username, "new_assignee": user.username})
+        _CLOSE_TASK.execute(conn, {"task_id": task_id, "new_status": "completed", "at": case.now,
+                                    "by": user.username, "new_assignee": user.username})
         if not case.row.get("applicant") and _applicant(values):
             # The applicant is usually typed at the window's intake form, not known at start.
             case.row["applicant"] = _applicant(values)
@@ -381,7 +383,7 @@ def _task_action(db: Database, task_id: int, user: User, action: Callable, steps
 
 
 def _task_row(conn, task_id: int):
-    row = conn.execute(_TASK_ROW, {"task_id": task_id}).mappings().first()
+    row = _TASK_ROW.first(conn, {"task_id": task_id})
     if row is None:
         raise NotFound(f"no task {task_id}")
     return row
@@ -399,10 +401,9 @@ def _snapshot_for(conn, row: dict) -> Snapshot:
     snapshot = snapshots.take(row["id"], row["revision"])
     if snapshot is not None:
         return snapshot
-    body = conn.execute(select(workflow_state.c.body).where(workflow_state.c.instance_id == row["id"])).scalar()
     spec_json = conn.execute(select(process_definition.c.spec_json).where(
         process_definition.c.id == row["definition_id"])).scalar()
-    return Snapshot(decode(body, load_specs(row["definition_id"], spec_json)), row["revision"])
+    return stored_snapshot(conn, row["id"], row["revision"], load_specs(row["definition_id"], spec_json))
 
 
 def _step(case: _Case) -> None:
@@ -442,27 +443,25 @@ def _save(db: Database, conn, case: _Case, snapshot: Snapshot, first: bool = Fal
     workflow, row = case.workflow, case.row
     ready = {str(t.id): t for t in tasks_in(workflow, TaskState.READY) if t.task_spec.manual}
     _apply_clock(conn, case, ready)
-    body = snapshot.encode()
-    if first:
-        conn.execute(workflow_state.insert().values(instance_id=row["id"], body=body))
-    else:
-        conn.execute(_SAVE_STATE, {"case_id": row["id"], "new_body": body})
+    snapshot.save(conn, row["id"], first=first)
     projection.sync_human_tasks(conn, case, ready, snapshot, refresh_due=case.resumed)
     projection.sync_timers(conn, case, snapshot)
-    revision = row["revision"] + 1
-    ended_at = row.get("ended_at")
     if workflow.completed and row["status"] == "running":
         row["status"] = "completed" if workflow.success else "terminated"
-        ended_at = case.now
+        row["ended_at"] = case.now
         case.event("case_" + row["status"], outcome=workflow.data.get("outcome") or _last_data(workflow, "outcome"))
-    conn.execute(_SAVE_CASE, {
-        "case_id": row["id"], "new_revision": revision, "new_status": row["status"], "new_ended_at": ended_at,
-        "new_due_at": row["due_at"], "new_statutory_due_at": row["statutory_due_at"],
-        "new_paused_since": row["paused_since"], "new_extended_at": row.get("extended_at"),
-        "new_applicant": row.get("applicant")})
-    row["revision"] = snapshot.revision = revision
+    row["revision"] = snapshot.revision = row["revision"] + 1
+    changed = tuple(column for column in _CASE_COLUMNS if row.get(column) != case.stored.get(column))
+    _case_update(changed).execute(conn, {"case_id": row["id"], **{"new_" + c: row.get(c) for c in changed}})
+    case.stored = dict(row)
     violations.record_violations(conn, case.events)   # a deemed consent is a violation of its department
     audit.record_many(conn, case.events)
+
+
+@lru_cache(maxsize=None)
+def _case_update(columns: tuple[str, ...]) -> HotStatement:
+    return HotStatement(update(process_instance).where(process_instance.c.id == bindparam("case_id"))
+                        .values({column: bindparam("new_" + column) for column in columns}))
 
 
 def _apply_clock(conn, case: _Case, ready: dict) -> None:

@@ -7,6 +7,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from uuid import UUID
 
+from sqlalchemy import bindparam, delete, select, update
 from SpiffWorkflow.bpmn.serializer.workflow import VERSION as SERIALIZER_VERSION, BpmnWorkflowSerializer
 from SpiffWorkflow.bpmn.workflow import BpmnWorkflow
 from SpiffWorkflow.camunda.serializer.config import CAMUNDA_CONFIG
@@ -14,10 +15,25 @@ from SpiffWorkflow.exceptions import TaskNotFoundException
 from SpiffWorkflow.util.task import TaskState
 
 from .scripting import script_engine
+from .statements import HotStatement
+from .store import workflow_state, workflow_task
 
 _registry = BpmnWorkflowSerializer.configure(CAMUNDA_CONFIG)
 _serializer = BpmnWorkflowSerializer(_registry)
 _FINISHED = TaskState.COMPLETED | TaskState.CANCELLED | TaskState.ERROR
+_STARTED = TaskState.STARTED
+_READ_HEAD = select(workflow_state.c.body).where(workflow_state.c.instance_id == bindparam("instance_id"))
+_READ_TASKS = select(workflow_task.c.task_guid, workflow_task.c.workflow, workflow_task.c.body).where(
+    workflow_task.c.instance_id == bindparam("instance_id"))
+_INSERT_HEAD = HotStatement(workflow_state.insert(), columns=("instance_id", "body"))
+_UPDATE_HEAD = HotStatement(update(workflow_state).where(workflow_state.c.instance_id == bindparam("case_id"))
+                            .values(body=bindparam("new_body")))
+_INSERT_TASK = HotStatement(workflow_task.insert(), columns=("instance_id", "task_guid", "workflow", "body"))
+_UPDATE_TASK = HotStatement(update(workflow_task).where(
+    workflow_task.c.instance_id == bindparam("case_id"), workflow_task.c.task_guid == bindparam("guid"))
+    .values(body=bindparam("new_body")))
+_DELETE_TASK = HotStatement(delete(workflow_task).where(
+    workflow_task.c.instance_id == bindparam("case_id"), workflow_task.c.task_guid == bindparam("guid")))
 # The test suite turns this on, so every save in every test proves the fingerprints right.
 VERIFY_INCREMENTAL = False
 
@@ -95,85 +111,123 @@ def new_workflow(specs: Specs) -> BpmnWorkflow:
 
 @dataclass
 class Snapshot:
-    """A live workflow plus what was last saved from it: each task's encoded form, open tasks, timer rows."""
+    """A live workflow plus what was last saved from it: each task's encoded form, open tasks, timer rows.
+
+    The stored form is one head row (workflow data, sub-process heads) plus one row per task, so a save writes
+    the head and only the tasks whose encoded form changed.
+    """
 
     workflow: BpmnWorkflow
     revision: int
-    fragments: dict = field(default_factory=dict)   # UUID -> (fingerprint, json text)
+    # UUID -> (fingerprint, json text, workflow key) of each task as stored ("" keys the case's own workflow).
+    fragments: dict = field(default_factory=dict)
     # The projection as last written (None: unknown, read it from the database).
     open_tasks: dict | None = None                  # task guid -> human_task id
     timers: dict | None = None                      # task guid -> (due_at, bpmn_id)
 
-    def encode(self) -> str:
-        """Encode the whole workflow state, re-encoding only tasks whose fingerprint moved."""
-        text = self._encode()
-        if VERIFY_INCREMENTAL and text != Snapshot(self.workflow, self.revision)._encode():
-            raise AssertionError("incremental snapshot differs from a full encode: a task changed "
-                                 "without its fingerprint moving")
-        return text
+    def save(self, conn, instance_id: int, first: bool = False) -> None:
+        """Write what changed since the last save (everything on the first) in the caller's transaction."""
+        fresh, changed, removed = self._changes()
+        head = json.dumps(self._head(), ensure_ascii=False, separators=(",", ":"))
+        if first:
+            _INSERT_HEAD.execute(conn, {"instance_id": instance_id, "body": head})
+        else:
+            _UPDATE_HEAD.execute(conn, {"case_id": instance_id, "new_body": head})
+        if fresh:
+            _INSERT_TASK.execute(conn, [{"instance_id": instance_id, "task_guid": guid, "workflow": key, "body": text}
+                                        for guid, key, text in fresh])
+        if changed:
+            _UPDATE_TASK.execute(conn, [{"case_id": instance_id, "guid": guid, "new_body": text}
+                                        for guid, _key, text in changed])
+        if removed:
+            _DELETE_TASK.execute(conn, [{"case_id": instance_id, "guid": guid} for guid in removed])
+        if VERIFY_INCREMENTAL:
+            expected = Snapshot(self.workflow, self.revision).state()
+            if self._as_saved() != expected or read_state(conn, instance_id) != expected:
+                raise AssertionError("incremental snapshot differs from a full encode: a task changed "
+                                     "without its fingerprint moving")
 
-    def _encode(self) -> str:
+    def encode(self) -> str:
+        """The whole workflow state as one JSON text."""
+        return json.dumps(self.state(), ensure_ascii=False, separators=(",", ":"))
+
+    def state(self) -> dict:
+        """The whole workflow state as SpiffWorkflow's serializer reads it (for a snapshot not saved through save())."""
+        self._changes()
+        return self._as_saved()
+
+    def _as_saved(self) -> dict:
+        return _assemble(self._head(), ((str(task_id), key, text) for task_id, (_f, text, key) in self.fragments.items()))
+
+    def _head(self) -> dict:
         workflow = self.workflow
-        parts = []
-        seen = set()
-        for task_id, task in workflow.tasks.items():
-            parts.append(self._task_json(task_id, task))
-            seen.add(task_id)
-        subprocesses = {}
-        for sub_id, sub in workflow.subprocesses.items():
-            sub_parts = []
-            for task_id, task in sub.tasks.items():
-                sub_parts.append(self._task_json(task_id, task))
-                seen.add(task_id)
-            subprocesses[str(sub_id)] = _workflow_head(sub) | {
-                "parent_task_id": str(sub.parent_task_id), "spec": sub.spec.name, "tasks": "@",
-                "typename": _registry.typenames[type(sub)],
-            }, sub_parts
-        if len(seen) != len(self.fragments):
-            for stale in set(self.fragments) - seen:
-                del self.fragments[stale]
-        head = _workflow_head(workflow) | {
+        return _workflow_head(workflow) | {
             "bpmn_events": _registry.convert(workflow.bpmn_events),
             "typename": _registry.typenames[type(workflow)],
             "serializer_version": SERIALIZER_VERSION,
+            "tasks": {},
+            "subprocesses": {str(sub_id): _workflow_head(sub) | {
+                "parent_task_id": str(sub.parent_task_id), "spec": sub.spec.name, "tasks": {},
+                "typename": _registry.typenames[type(sub)]} for sub_id, sub in workflow.subprocesses.items()},
         }
-        # Stitch pre-encoded task fragments into the envelope instead of re-encoding them.
-        head_json = json.dumps(head, ensure_ascii=False, separators=(",", ":"))[:-1]
-        sub_json = ",".join(
-            f'"{sub_id}":' + json.dumps(sub_head, ensure_ascii=False, separators=(",", ":")).replace(
-                '"tasks":"@"', '"tasks":{' + ",".join(sub_parts) + "}")
-            for sub_id, (sub_head, sub_parts) in subprocesses.items()
-        )
-        return head_json + ',"tasks":{' + ",".join(parts) + '},"subprocesses":{' + sub_json + "}}"
 
-    def _task_json(self, task_id: UUID, task) -> str:
-        fingerprint = _fingerprint(task)
-        cached = self.fragments.get(task_id)
-        if cached is not None and fingerprint is not None and cached[0] == fingerprint:
-            return cached[1]
-        text = f'"{task_id}":' + json.dumps(_registry.convert(task), ensure_ascii=False, separators=(",", ":"))
-        self.fragments[task_id] = (fingerprint, text)
-        return text
+    def _changes(self) -> tuple[list, list, list]:
+        """Re-encode the tasks whose fingerprint moved: (new tasks, changed tasks, guids of removed tasks)."""
+        workflow = self.workflow
+        fresh: list = []
+        changed: list = []
+        seen = self._encode_tasks(workflow.tasks, "", fresh, changed)
+        for sub_id, sub in workflow.subprocesses.items():
+            seen += self._encode_tasks(sub.tasks, str(sub_id), fresh, changed)
+        removed = []
+        if seen != len(self.fragments):
+            live = set(workflow.tasks).union(*(sub.tasks for sub in workflow.subprocesses.values()))
+            for stale in set(self.fragments) - live:
+                del self.fragments[stale]
+                removed.append(str(stale))
+        return fresh, changed, removed
+
+    def _encode_tasks(self, tasks: dict, key: str, fresh: list, changed: list) -> int:
+        """Encode one workflow's tasks into fragments, collecting new and changed ones (this runs on every save)."""
+        fragments = self.fragments
+        for task_id, task in tasks.items():
+            fingerprint = _fingerprint(task, tasks)
+            cached = fragments.get(task_id)
+            if cached is not None and fingerprint is not None and cached[0] == fingerprint:
+                continue
+            text = json.dumps(_registry.convert(task), ensure_ascii=False, separators=(",", ":"))
+            fragments[task_id] = (fingerprint, text, key)
+            if cached is None:
+                fresh.append((str(task_id), key, text))
+            elif cached[1] != text or cached[2] != key:
+                changed.append((str(task_id), key, text))
+        return len(tasks)
 
 
-def _fingerprint(task):
+def _fingerprint(task, tasks: dict):
     """What decides a task's encoded form, or None when it cannot be known without encoding it.
 
     SpiffWorkflow changes a task's state (and last_state_change) whenever it changes its data, except in
     a running multi-instance or sub-process task, which merges its children's results in place: those and
     their children are always re-encoded. A task's data is stored as a delta against its parent's, so a
     live parent's data is part of the fingerprint; timers are covered by their internal data.
+    `tasks` is the task dictionary of the task's own workflow (where its parent is); the attributes are
+    read directly because this runs for every task on every save.
     """
-    parent = task.parent
-    if task.state & TaskState.STARTED or (parent is not None and parent.state & TaskState.STARTED):
+    state = task._state
+    if state & _STARTED:
+        return None
+    parent = tasks.get(task._parent)
+    parent_state = parent._state if parent is not None else _FINISHED
+    if parent_state & _STARTED:
         return None
     internal = task.internal_data
-    mine = (task.state, task.last_state_change, len(task._children), task.triggered, len(task.data),
+    mine = (state, task.last_state_change, len(task._children), task.triggered, len(task.data),
             id(task.data), repr(internal) if internal else None)
-    if parent is None or parent.state & _FINISHED:
+    if parent_state & _FINISHED:
         return mine
     # The delta is taken against the parent's keys: a live parent's data counts too.
-    return mine + (parent.state, parent.last_state_change, id(parent.data), len(parent.data))
+    return mine + (parent_state, parent.last_state_change, id(parent.data), len(parent.data))
 
 
 def _workflow_head(workflow) -> dict:
@@ -187,8 +241,71 @@ def _workflow_head(workflow) -> dict:
     }
 
 
-def decode(body: str, specs: Specs) -> BpmnWorkflow:
-    state = json.loads(body)
+def _assemble(head: dict, rows) -> dict:
+    """A whole serialized workflow from its head and its (guid, workflow key, json text) task rows."""
+    for guid, key, text in rows:
+        (head["subprocesses"][key] if key else head)["tasks"][guid] = json.loads(text)
+    for workflow in (head, *head["subprocesses"].values()):
+        workflow["tasks"] = _in_tree_order(workflow["tasks"], workflow["root"])
+    return head
+
+
+def _in_tree_order(tasks: dict, root: str) -> dict:
+    """Parents before children, as SpiffWorkflow's restore needs: a task's data is stored as a delta on its parent's."""
+    ordered = {}
+    stack = [root]
+    while stack:
+        guid = stack.pop()
+        task = tasks.get(guid)
+        if task is not None and guid not in ordered:
+            ordered[guid] = task
+            stack.extend(reversed(task["children"]))
+    if len(ordered) != len(tasks):
+        for guid, task in tasks.items():
+            ordered.setdefault(guid, task)
+    return ordered
+
+
+def read_state(conn, instance_id: int) -> dict | None:
+    """A case's whole serialized workflow, as SpiffWorkflow's serializer reads it (None: no such case)."""
+    head = conn.execute(_READ_HEAD, {"instance_id": instance_id}).scalar()
+    if head is None:
+        return None
+    return _assemble(json.loads(head), conn.execute(_READ_TASKS, {"instance_id": instance_id}))
+
+
+def write_state(conn, instance_id: int, state: dict | str) -> None:
+    """Replace a case's stored workflow with a whole serialized one (migration and its undo)."""
+    state = json.loads(state) if isinstance(state, str) else state
+    head = {**state, "tasks": {}, "subprocesses": {sub_id: {**sub, "tasks": {}}
+                                                  for sub_id, sub in state.get("subprocesses", {}).items()}}
+    rows = [(guid, "", task) for guid, task in state["tasks"].items()]
+    rows += [(guid, sub_id, task) for sub_id, sub in state.get("subprocesses", {}).items()
+             for guid, task in sub["tasks"].items()]
+    conn.execute(delete(workflow_task).where(workflow_task.c.instance_id == instance_id))
+    conn.execute(delete(workflow_state).where(workflow_state.c.instance_id == instance_id))
+    _INSERT_HEAD.execute(conn, {"instance_id": instance_id,
+                                "body": json.dumps(head, ensure_ascii=False, separators=(",", ":"))})
+    if rows:
+        _INSERT_TASK.execute(conn, [{"instance_id": instance_id, "task_guid": guid, "workflow": key,
+                                     "body": json.dumps(task, ensure_ascii=False, separators=(",", ":"))}
+                                    for guid, key, task in rows])
+
+
+def stored_snapshot(conn, instance_id: int, revision: int, specs: Specs) -> Snapshot | None:
+    """The case's workflow decoded from the database, knowing what is stored so the next save writes only changes."""
+    head = conn.execute(_READ_HEAD, {"instance_id": instance_id}).scalar()
+    if head is None:
+        return None
+    rows = conn.execute(_READ_TASKS, {"instance_id": instance_id}).all()
+    snapshot = Snapshot(decode(_assemble(json.loads(head), rows), specs), revision)
+    # No fingerprints yet: the first save re-encodes every task and writes those whose text differs.
+    snapshot.fragments = {UUID(guid): (None, text, key) for guid, key, text in rows}
+    return snapshot
+
+
+def decode(state: dict | str, specs: Specs) -> BpmnWorkflow:
+    state = json.loads(state) if isinstance(state, str) else dict(state)
     state.pop("serializer_version", None)
     # A fresh copy each time: SpiffWorkflow's restore pops keys (task extensions!) out of what it reads.
     fresh = json.loads(specs.spec_json)

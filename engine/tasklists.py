@@ -17,10 +17,10 @@ from .handover import URGE_ROLES
 from .lights import GREEN, RED, YELLOW, light_of
 from .projection import may_work_on, queues_of
 from .runtime import send_back_targets
-from .snapshot import decode, load_specs
+from .snapshot import decode, load_specs, read_state
 from .store import (
     Database, app_user, attachment, audit_event, department, human_task, process_definition, process_instance, task_queue,
-    user_department, workflow_state,
+    user_department,
 )
 from .timekeeping import calendar_for
 
@@ -314,10 +314,8 @@ def task_page(db: Database, task_id: int, user: User) -> dict:
                    process_instance.c.statutory_due_at, process_instance.c.paused_since,
                    process_instance.c.yellow_seconds, process_instance.c.definition_id,
                    process_definition.c.name.label("process_name"), process_definition.c.key.label("process_key"),
-                   process_definition.c.version, process_definition.c.spec_json, process_definition.c.guide,
-                   workflow_state.c.body)
+                   process_definition.c.version, process_definition.c.spec_json, process_definition.c.guide)
             .join(process_definition, process_definition.c.id == process_instance.c.definition_id)
-            .join(workflow_state, workflow_state.c.instance_id == process_instance.c.id)
             .where(process_instance.c.id == task["instance_id"])).mappings().first()
         if case is None:
             raise NotFound(f"no case {task['instance_id']}")
@@ -337,9 +335,10 @@ def task_page(db: Database, task_id: int, user: User) -> dict:
             {task["assignee"], task["delegated_from"], task["completed_by"],
              *(f["uploaded_by"] for f in files), *(c.actor for c in completions)} - {None}))).all())
         calendar = calendar_for(db, conn)
+        state = read_state(conn, case["id"])
     local = _localiser(db.config.timezone)
     specs = load_specs(case["definition_id"], case["spec_json"])
-    workflow = decode(case["body"], specs)
+    workflow = decode(state, specs)
     fields = _form_catalogue(specs)
     steps = {s.bpmn_id: s.bpmn_name or s.bpmn_id for spec in (specs.spec, *specs.subprocess_specs.values())
              for s in spec.task_specs.values() if s.bpmn_id}

@@ -9,7 +9,8 @@ from sqlalchemy import select, update
 
 from engine import accounts, casefile, runtime, seed
 from engine.errors import InvalidInput, NotFound, PermissionDenied
-from engine.store import attachment, human_task, process_instance, workflow_state
+from engine.snapshot import read_state
+from engine.store import attachment, human_task, process_instance
 from tests.processes.conftest import at
 from tests.processes.harness import Case, deploy_processes, guide_of, materials
 
@@ -111,7 +112,7 @@ def test_reading_a_case_file_never_changes_the_stored_workflow(db, demo, clock):
     case = registered(db, demo, clock)
     def stored():
         with db.read() as conn:
-            return (conn.execute(select(workflow_state.c.body)).scalar(),
+            return (read_state(conn, case.id),
                     conn.execute(select(process_instance.c.revision)).scalar())
     before = stored()
     casefile.case_file(db, case.id, demo["window"])
@@ -323,3 +324,12 @@ def test_first_open_task_is_the_one_the_user_may_work_on(db, demo, clock):
     intake = case.task("intake", "window")
     assert casefile.first_open_task(db, case.id, demo["window"]) == intake["id"]
     assert casefile.first_open_task(db, case.id, demo["gaj"]) is None
+
+
+def test_a_verification_code_of_digits_only_is_found_too(db, demo, clock):
+    started = [Case.start(db, demo, KEY, {"applicant": name}) for name in ("甲公司", "乙公司")]
+    with db.write() as conn:   # a random code is all digits about once in 280 cases
+        conn.execute(update(process_instance).where(process_instance.c.id == started[1].id)
+                     .values(verification_code="202603021234"))
+    found = casefile.list_cases(db, demo["window"], search="202603021234")["cases"]
+    assert [c["id"] for c in found] == [started[1].id]

@@ -10,7 +10,8 @@ from sqlalchemy import select
 
 from engine import deploy, migration, runtime
 from engine.errors import Conflict, PermissionDenied
-from engine.store import human_task, process_instance, task_queue, timer, workflow_state
+from engine.snapshot import read_state
+from engine.store import human_task, process_instance, task_queue, timer
 from tests.processes import test_construction_project as construction_flow
 from tests.processes import test_enterprise_startup as enterprise_flow
 from tests.processes.conftest import at, clock, construction, enterprise  # noqa: F401  (fixtures)
@@ -124,7 +125,7 @@ def snapshot_of(db, instance_id: int) -> dict:
     """Everything stored about a case that a migration may touch."""
     with db.read() as conn:
         return {
-            "body": conn.execute(select(workflow_state.c.body).where(workflow_state.c.instance_id == instance_id)).scalar(),
+            "body": read_state(conn, instance_id),
             "row": dict(conn.execute(select(process_instance).where(process_instance.c.id == instance_id)).mappings().one()),
             "tasks": [dict(r) for r in conn.execute(select(human_task).where(human_task.c.instance_id == instance_id)
                                                     .order_by(human_task.c.id)).mappings()],

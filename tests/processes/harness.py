@@ -8,8 +8,8 @@ import yaml
 from sqlalchemy import select
 
 from engine import deploy, runtime, worklist
-from engine.snapshot import decode, load_specs, snapshots
-from engine.store import Database, process_definition, process_instance, workflow_state
+from engine.snapshot import decode, load_specs, read_state, snapshots
+from engine.store import Database, process_definition, process_instance
 
 PROCESSES = Path(__file__).resolve().parents[2] / "processes"
 
@@ -110,11 +110,11 @@ class Case:
         """Case data as the latest step with this BPMN id holds it, read back from the stored workflow."""
         with self.db.read() as conn:
             row = conn.execute(
-                select(workflow_state.c.body, process_instance.c.definition_id, process_definition.c.spec_json)
-                .join(process_instance, process_instance.c.id == workflow_state.c.instance_id)
+                select(process_instance.c.definition_id, process_definition.c.spec_json)
                 .join(process_definition, process_definition.c.id == process_instance.c.definition_id)
-                .where(workflow_state.c.instance_id == self.id)).first()
-        workflow = decode(row.body, load_specs(row.definition_id, row.spec_json))
+                .where(process_instance.c.id == self.id)).first()
+            state = read_state(conn, self.id)
+        workflow = decode(state, load_specs(row.definition_id, row.spec_json))
         # A step inside a loop (退回) runs again as a descendant of its earlier run, so the task-tree
         # order breaks ties between runs that happened at the same (frozen) moment.
         steps = [(t.last_state_change, order, t) for order, t in enumerate(workflow.get_tasks())
