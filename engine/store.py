@@ -495,15 +495,40 @@ case_duration = Table(
     Index("ix_case_duration_net_seconds", "net_seconds"),
 )
 
-# Per local day and flow (and department, for step figures): the statistics of finished days,
-# summed once so a year's figures read a few thousand rows instead of millions; metric "_rolled" marks a day done.
+# The summable figures of supervision_day (engine/supervision.py counts them): case figures, step figures,
+# office time of the cases completed, lights they ended with, 好差评 ratings, and per department the steps finished.
+SUPERVISION_FIGURES = (
+    "received", "completed", "terminated", "case_warnings", "cases_overdue", "statutory_exceeded", "pauses",
+    "task_warnings", "tasks_overdue", "deemed_consents", "send_backs", "tasks_completed",
+    "dur_n", "dur_on_time", "dur_early", "dur_net", "dur_net_c", "dur_committed", "dur_net_s", "dur_statutory",
+    "cases_green", "cases_yellow", "cases_red", "tasks_green", "tasks_yellow", "tasks_red",
+    "ratings", "rating_sum", "rating_satisfied", "step_completed", "step_late", "step_closed", "step_seconds",
+)
+
+# The statistics of finished local days, summed once so a year's figures read a few hundred rows instead of
+# millions. One row per day, flow, receiving window clerk ("" = every clerk), department and step (bpmn id;
+# "" = any): a case's figures are filed under every department and step it has, a step's under its own.
 supervision_day = Table(
     "supervision_day", metadata,
+    Column("clerk", String(64), primary_key=True),
+    Column("item", String(255), primary_key=True),
+    Column("department", String(64), primary_key=True),
     Column("day", Date, primary_key=True),
     Column("flow", String(255), primary_key=True),
-    Column("department", String(64), primary_key=True),
-    Column("metric", String(40), primary_key=True),
-    Column("value", BigInteger, nullable=False),
+    *[Column(name, BigInteger, nullable=False, default=0) for name in SUPERVISION_FIGURES],
+    # office time of the cases completed, counted per tenth of a working day: {bucket: cases}, for the median
+    Column("histogram", JSON(none_as_null=True), nullable=True),
+    Index("ix_supervision_day_department_item_day", "department", "item", "day"),
+)
+
+# Where the roll-up stands (one row, locked while rolling): days before rolled_until are in supervision_day;
+# checked_at and seen tell which case migrations it has accounted for.
+supervision_roll = Table(
+    "supervision_roll", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("rolled_until", Date, nullable=True),
+    Column("checked_at", UTCDateTime, nullable=True),
+    Column("seen", JSON, nullable=False),
 )
 
 Index("ix_process_instance_ended_at", process_instance.c.ended_at)

@@ -1,7 +1,7 @@
 """One row per task of a case's serialized workflow (workflow_task); workflow_state keeps the head
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 """
 import json
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0008"
-down_revision = "0006"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
