@@ -288,7 +288,9 @@ def _plan_case(conn, migration: _Migration, row: dict, calendar, now: datetime) 
         workdays = extensions.get(task_row["id"])
         spiff = workflow.get_task_from_id(UUID(task_row["task_guid"]))
         if workdays and spiff is not None and spiff.parent is not None:
-            for sibling in spiff.parent.children:
+            # (a countersign copy's limit is its countersign's, whose timers sit beside the countersign)
+            holder = spiff.parent if isinstance(spiff.parent.task_spec, MultiInstanceTask) else spiff
+            for sibling in holder.parent.children if holder.parent is not None else ():
                 task_extensions[sibling.id] = workdays
     dues = _retime(workflow, before, calendar, pauses, row["paused_since"], task_extensions, plan)
     plan.case_values = _case_limits(migration, row, calendar, pauses, extensions.get(None))

@@ -309,10 +309,16 @@ def extend(db: Database, user: User, workdays: int, reason: str, task_id: int | 
         if task_row["due_at"] is None or task_row["due_at"] <= case.now:
             raise Conflict("only a running limit can be extended, before it expires")
         spiff_task = find_task(case.workflow, task_row["task_guid"])
-        guids = {str(t.id) for t in spiff_task.parent.children if t is not spiff_task}
+        # A countersign copy shares its countersign's limit: the timers sit beside the countersign, and
+        # moving them moves every copy's deadline.
+        holder = spiff_task.parent if isinstance(spiff_task.parent.task_spec, MultiInstanceTask) else spiff_task
+        guids = {str(t.id) for t in holder.parent.children if t is not holder}
         clock.extend_timers(case.workflow, calendar, guids, workdays)
         new_due = projection.boundary_due(spiff_task)
-        conn.execute(update(human_task).where(human_task.c.id == task_id).values(extended_at=case.now, due_at=new_due))
+        copies = [str(t.id) for t in holder.children] if holder is not spiff_task else [task_row["task_guid"]]
+        conn.execute(update(human_task).where(human_task.c.instance_id == case.row["id"], human_task.c.status == "open",
+                                              human_task.c.task_guid.in_(copies))
+                     .values(extended_at=case.now, due_at=new_due))
         case.event("limit_extended", task_id, scope="task", workdays=workdays, reason=reason,
                    previous_due=_iso(task_row["due_at"]), due_at=_iso(new_due))
         return True

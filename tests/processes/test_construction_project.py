@@ -327,3 +327,18 @@ def test_the_chain_is_four_led_stages_within_120_working_days_across_twelve_depa
     surveys = root.xpath("//bpmn:multiInstanceLoopCharacteristics", namespaces=ns)
     conditions = sorted(bool(s.findtext("bpmn:completionCondition", namespaces=ns)) for s in surveys)
     assert conditions == [False, True]          # one all-must-sign countersign, one N-of-M
+
+
+def test_extending_one_survey_copy_moves_the_surveys_shared_limit(db, construction, clock):
+    from engine import runtime
+    case = start(db, construction)
+    case.complete("intake", "window", **project())
+    due = {t["departments"][0]: moment(t["due_at"]) for t in case.tasks("s1_survey")}
+    assert set(due.values()) == {at("2026-03-05 17:30")}                     # workdays(3), shared by the copies
+    runtime.extend(db, construction["ghj"], 2, "踏勘需补充", task_id=case.task("s1_survey", "ghj")["id"])
+    due = {t["departments"][0]: moment(t["due_at"]) for t in case.tasks("s1_survey")}
+    assert due == {department: at("2026-03-09 17:30") for department in SURVEY_1}   # +2 working days, over a weekend
+    clock.at("2026-03-06 10:00")                                              # past the old limit: nothing fires
+    assert case.fire_timers() == 0 and not case.events("timer_fired")
+    clock.at("2026-03-09 18:00")
+    assert case.fire_timers() == 1
