@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, MutableMapping
+from collections.abc import MutableMapping
 
 from sqlalchemy import select, update
 from SpiffWorkflow.bpmn.specs.mixins.multiinstance_task import ParallelMultiInstanceTask
@@ -13,8 +13,8 @@ from .bpmn import task_departments
 from .errors import Conflict, InvalidInput, PermissionDenied, Problem
 from .runtime import WorkflowFailed, mutate_case
 from .scripting import using_calendar
-from .snapshot import find_task
-from .store import Database, department, human_task
+from .snapshot import find_task, load_specs
+from .store import Database, app_user, audit_event, department, human_task, process_definition, process_instance
 
 # Besides these, a lead (科室负责人) of a department that holds a copy of the countersign may change it.
 OVERSIGHT_ROLES = ("supervisor", "admin")
@@ -29,13 +29,18 @@ def add_countersigner(db: Database, task_id: int, user: User, department: str, r
     def action(conn, case):
         sign = _Countersign.of(case, task_id)
         sign.require_may_change(conn, user)
-        text = _reason(reason)
-        key, name = _known_department(conn, department)
-        if key in sign.departments(conn):
-            raise InvalidInput(Problem(f"{name} already has a copy of this countersign", field="department"))
+        text, reason_problem = _reason(reason)
+        found, problem = _known_department(conn, department)
+        if found is not None and found[0] in sign.departments(conn):
+            problem = Problem(f"{found[1]} already has a copy of this countersign", field="department")
+        problems = [p for p in (problem, reason_problem) if p is not None]
+        if problems:
+            raise InvalidInput(problems)
+        key, name = found
         child = sign.add(key, name)
         added["guid"] = str(child.id)
-        case.event("countersigner_added", task_id, bpmn_id=sign.bpmn_id, department=key, reason=text)
+        case.event("countersigner_added", task_id, bpmn_id=sign.bpmn_id, department=key, department_name=name,
+                   reason=text, task_guid=added["guid"])
         return True
 
     case = mutate_case(db, None, user.username, action, task_id=task_id)
@@ -55,13 +60,15 @@ def remove_countersigner(db: Database, task_id: int, user: User, reason: str) ->
             raise Conflict(f"task {task_id} is already signed; a signed copy cannot be removed")
         sign = _Countersign.of(case, task_id)
         sign.require_may_change(conn, user)
-        text = _reason(reason)
+        text, problem = _reason(reason)
+        if problem is not None:
+            raise InvalidInput(problem)
         sign.remove()
         conn.execute(update(human_task).where(human_task.c.id == task_id).values(
             status=REMOVED, completed_at=case.now))
         case.completed_task = task_id   # closed here: the projection only takes it off the queues
         case.event("countersigner_removed", task_id, bpmn_id=sign.bpmn_id, departments=row["departments"],
-                   assignee=row["assignee"], reason=text)
+                   department_names=_names(conn, row["departments"]), assignee=row["assignee"], reason=text)
         with using_calendar(case.calendar):
             sign.finish_if_done()
         return True
@@ -71,18 +78,53 @@ def remove_countersigner(db: Database, task_id: int, user: User, reason: str) ->
             "event": "countersigner_removed"}
 
 
-def countersign_copies(db: Database, task_id: int) -> list[dict] | None:
-    """The copies of the countersign this task belongs to (open and signed, oldest first), or None if it is none."""
+def countersign_panel(db: Database, task_id: int, user: User) -> dict | None:
+    """What the task page shows of the countersign an open task belongs to (None when it is not one): its
+    current copies, whether `user` may add or remove copies, and the departments that may still be added.
+
+    Read from the projection and the deployed spec alone, without decoding the workflow; the actions check
+    everything again on the live workflow.
+    """
     with db.read() as conn:
-        row = conn.execute(select(human_task.c.instance_id, human_task.c.bpmn_id).where(
-            human_task.c.id == task_id)).first()
-        if row is None:
+        row = conn.execute(select(human_task.c.instance_id, human_task.c.bpmn_id, human_task.c.status)
+                           .where(human_task.c.id == task_id)).first()
+        if row is None or row.status != "open":
             return None
-        rows = conn.execute(select(human_task.c.id, human_task.c.departments, human_task.c.status,
-                                   human_task.c.assignee, human_task.c.completed_by, human_task.c.task_guid)
+        case = conn.execute(select(process_instance.c.status, process_instance.c.definition_id,
+                                   process_definition.c.spec_json)
+                            .join(process_definition, process_definition.c.id == process_instance.c.definition_id)
+                            .where(process_instance.c.id == row.instance_id)).first()
+        if case is None or case.status != "running" or not _countersign_spec(
+                load_specs(case.definition_id, case.spec_json), row.bpmn_id):
+            return None
+        rows = conn.execute(select(human_task.c.id, human_task.c.task_guid, human_task.c.departments,
+                                   human_task.c.status, human_task.c.assignee, human_task.c.completed_by,
+                                   human_task.c.created_at)
                             .where(human_task.c.instance_id == row.instance_id, human_task.c.bpmn_id == row.bpmn_id)
                             .order_by(human_task.c.id)).mappings().all()
-    return [dict(r) for r in rows]
+        added = {(e.data or {}).get("task_guid") for e in conn.execute(
+            select(audit_event.c.data).where(audit_event.c.instance_id == row.instance_id,
+                                             audit_event.c.type == "countersigner_added"))}
+        names = dict(conn.execute(select(department.c.key, department.c.name)).all())
+        people = dict(conn.execute(select(app_user.c.username, app_user.c.name).where(app_user.c.username.in_(
+            {r[k] for r in rows for k in ("assignee", "completed_by")} - {None}))).all())
+    # This round's copies: those opened when the countersign started (the latest such moment, should the
+    # step have run before) and those added to it since.
+    started = max((r["created_at"] for r in rows if r["task_guid"] not in added), default=None)
+    copies = [r for r in rows if r["status"] in ("open", "completed")
+              and (started is None or r["created_at"] >= started)]
+    holding = {d for r in copies for d in r["departments"] or []}
+    may_change = user.has_role(*OVERSIGHT_ROLES) or (user.has_role("lead") and bool(set(user.departments) & holding))
+    return {
+        "copies": [{"id": r["id"], "departments": r["departments"] or [],
+                    "department_names": [names.get(d, d) for d in r["departments"] or []],
+                    "status": r["status"], "assignee": r["assignee"], "completed_by": r["completed_by"],
+                    "holder_name": people.get(r["completed_by"] or r["assignee"], r["completed_by"] or r["assignee"])}
+                   for r in copies],
+        "may_change": may_change,
+        "choices": [{"key": key, "name": name} for key, name in sorted(names.items()) if key not in holding]
+        if may_change else [],
+    }
 
 
 class _Countersign:
@@ -103,14 +145,10 @@ class _Countersign:
             raise Conflict(f"task {task_id} is no longer ready")
         parent = copy.parent
         spec = getattr(parent, "task_spec", None)
-        element = getattr(spec, "output_item", None)
-        if (not isinstance(spec, ParallelMultiInstanceTask) or parent.state != TaskState.STARTED
-                or spec.data_output is None or element is None
-                or not isinstance(spec.data_output.get(parent), MutableMapping)
-                or not any(re.fullmatch(r"\$\{\s*%s\s*\}" % re.escape(element.bpmn_id), group)
-                           for group in task_departments(copy.task_spec))):
+        if (not _is_countersign(spec, copy.task_spec) or parent.state != TaskState.STARTED
+                or not isinstance(spec.data_output.get(parent), MutableMapping)):
             raise Conflict(f"task {task_id} ({row['name'] or row['bpmn_id']}) is not a countersign: only a parallel "
-                           "multi-instance step over a department map with candidate groups ${{department}} is")
+                           "multi-instance step over a department map with candidate groups ${department} is")
         return cls(case, copy, parent)
 
     @property
@@ -195,19 +233,44 @@ class _Countersign:
             self.parent._set_state(TaskState.READY)
 
 
-def _reason(reason) -> str:
+def _is_countersign(spec, child_spec) -> bool:
+    """A parallel multi-instance user task over a collection whose element variable names its candidate group."""
+    element = getattr(spec, "output_item", None)
+    if not isinstance(spec, ParallelMultiInstanceTask) or spec.data_output is None or element is None:
+        return False
+    group = re.compile(r"\$\{\s*%s\s*\}" % re.escape(element.bpmn_id))
+    return any(group.fullmatch(g) for g in task_departments(child_spec))
+
+
+def _countersign_spec(specs, bpmn_id: str):
+    for process in (specs.spec, *specs.subprocess_specs.values()):
+        for spec in process.task_specs.values():
+            if getattr(spec, "bpmn_id", None) == bpmn_id and isinstance(spec, ParallelMultiInstanceTask):
+                child = process.task_specs.get(spec.task_spec)
+                return spec if child is not None and _is_countersign(spec, child) else None
+    return None
+
+
+def _reason(reason) -> tuple[str, Problem | None]:
     text = reason.strip() if isinstance(reason, str) else ""
     if not text:
-        raise InvalidInput(Problem("give the reason", field="reason"))
+        return text, Problem("give the reason", field="reason")
     if len(text) > _MAX_REASON:
-        raise InvalidInput(Problem(f"at most {_MAX_REASON} characters", field="reason"))
-    return text
+        return text, Problem(f"at most {_MAX_REASON} characters", field="reason")
+    return text, None
 
 
-def _known_department(conn, key) -> tuple[str, str]:
+def _names(conn, keys) -> list[str]:
+    names = dict(conn.execute(select(department.c.key, department.c.name).where(
+        department.c.key.in_(list(keys or [])))).all())
+    return [names.get(k, k) for k in keys or []]
+
+
+def _known_department(conn, key) -> tuple[tuple[str, str] | None, Problem | None]:
+    """(key, name) of a department named by its key, or the problem with what was given."""
     if not isinstance(key, str) or not key.strip():
-        raise InvalidInput(Problem("choose a department", field="department"))
+        return None, Problem("choose a department", field="department")
     row = conn.execute(select(department.c.key, department.c.name).where(department.c.key == key.strip())).first()
     if row is None:
-        raise InvalidInput(Problem(f"no department {key.strip()!r}", field="department"))
-    return row.key, row.name
+        return None, Problem(f"no department {key.strip()!r}", field="department")
+    return (row.key, row.name), None

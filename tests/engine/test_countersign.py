@@ -197,6 +197,9 @@ def test_add_refuses_bad_input_and_a_department_that_already_signs(db, people):
         with pytest.raises(InvalidInput) as bad:
             countersign.add_countersigner(db, task["id"], people["gaj_lead"], department, "理由")
         assert bad.value.problems[0].field == "department"
+    with pytest.raises(InvalidInput) as both:
+        countersign.add_countersigner(db, task["id"], people["gaj_lead"], "nope", "")
+    assert {p.field for p in both.value.problems} == {"department", "reason"}
     with pytest.raises(InvalidInput) as twice:
         countersign.add_countersigner(db, task["id"], people["gaj_lead"], "swj", "理由")
     assert twice.value.problems[0].field == "department" and "税务局" in twice.value.message
@@ -341,6 +344,38 @@ def test_a_removed_department_may_be_added_again(db, people):
     for department in SIGNERS:
         sign(db, people, case_id, department)
     assert data_at(db, case_id, "handover")["signers"] == SIGNERS
+
+
+# ---- what the task page shows ------------------------------------------------------------------------
+
+def test_panel_lists_this_rounds_copies_and_what_may_still_be_added(db, people):
+    case_id = start(db)
+    gaj_copy = open_copy(db, people, case_id, "gaj")
+    countersign.add_countersigner(db, gaj_copy["id"], people["supervisor"], "ybj", "加签")
+    countersign.remove_countersigner(db, open_copy(db, people, case_id, "rsj")["id"], people["supervisor"], "减签")
+    sign(db, people, case_id, "swj")
+    panel = countersign.countersign_panel(db, gaj_copy["id"], people["gaj_lead"])
+    assert [(c["departments"], c["status"]) for c in panel["copies"]] == [
+        (["gaj"], "open"), (["swj"], "completed"), (["ybj"], "open")]
+    assert panel["copies"][0]["department_names"] == ["公安局"]
+    assert panel["may_change"] is True
+    assert [c["key"] for c in panel["choices"]] == ["rsj", "scjgj", "window"]
+    clerk = countersign.countersign_panel(db, gaj_copy["id"], people["gaj1"])
+    assert (clerk["may_change"], clerk["choices"]) == (False, [])
+    assert len(clerk["copies"]) == 3
+    assert countersign.countersign_panel(db, gaj_copy["id"], people["ybj_lead"])["may_change"] is True
+    assert countersign.countersign_panel(db, gaj_copy["id"], people["scjgj1"])["may_change"] is False
+
+
+def test_panel_is_none_for_other_and_closed_tasks(db, people):
+    case_id = start(db)
+    gaj_copy = open_copy(db, people, case_id, "gaj")
+    for department in SIGNERS:
+        sign(db, people, case_id, department)
+    handover = [t for t in worklist.list_tasks(db, people["window1"]) if t["instance_id"] == case_id][0]
+    assert countersign.countersign_panel(db, handover["id"], people["supervisor"]) is None
+    assert countersign.countersign_panel(db, gaj_copy["id"], people["supervisor"]) is None   # signed
+    assert countersign.countersign_panel(db, 999999, people["supervisor"]) is None
 
 
 # ---- with the rest of the engine ---------------------------------------------------------------------
