@@ -8,7 +8,7 @@ from flask import Blueprint, Response, flash, redirect, render_template, request
 from flask_babel import gettext as _
 from flask_wtf.csrf import CSRFError
 
-from engine import attachments, handover, runtime, tasklists
+from engine import attachments, countersign, handover, runtime, tasklists
 from engine.errors import ApprovalsError, Conflict, InvalidInput, NotFound, PermissionDenied, Problem
 
 from .auth import database
@@ -61,8 +61,10 @@ def _render_task(task_id: int, status: int = 200, errors: dict | None = None, va
                  section: str | None = None):
     """The task page; after a refused action, with the messages next to the fields and what was typed."""
     page = tasklists.task_page(database(), task_id, page_user())
-    return render_template("tasks/task.html", page=page, errors=errors or {}, values=values or {},
-                           section=section, max_upload=database().config.max_upload_bytes), status
+    signing = countersign.countersign_panel(database(), task_id, page_user())   # 会签: its copies, 加签/减签
+    return render_template("tasks/task.html", page=page, countersign=signing, errors=errors or {},
+                           values=values or {}, section=section,
+                           max_upload=database().config.max_upload_bytes), status
 
 
 # ---- actions ----------------------------------------------------------------------------------------
@@ -143,6 +145,29 @@ def urge(task_id: int):
     return _act(task_id, lambda: handover.urge(database(), task_id, page_user(), message),
                 _("The reminder has been sent to whoever holds the task."), to_list=False,
                 values={"message": message}, section="urge-form")
+
+
+@tasks.post("/tasks/<int:task_id>/countersigners")
+@login_required_page()
+def add_countersigner(task_id: int):
+    department, reason = request.form.get("department", "").strip(), request.form.get("reason", "")
+    return _act(task_id, lambda: countersign.add_countersigner(database(), task_id, page_user(), department, reason),
+                _("The department has been added to the countersign; its copy is waiting in its queue."),
+                to_list=False, values={"department": department, "reason": reason}, section="countersign-add-form")
+
+
+@tasks.post("/tasks/<int:task_id>/countersigners/remove")
+@login_required_page()
+def remove_countersigner(task_id: int):
+    """减签 of the open copy of this task's countersign chosen in `copy` (this task's own, or another's)."""
+    copy, reason = request.form.get("copy", "").strip(), request.form.get("reason", "")
+    values = {"copy": copy, "reason": reason}
+    if not copy.isdigit():
+        return _refused(task_id, InvalidInput(Problem("choose a copy of this countersign", field="copy")),
+                        values, "countersign-remove-form")
+    return _act(task_id, lambda: countersign.remove_countersigner(database(), int(copy), page_user(), reason),
+                _("The copy has been removed from the countersign."), to_list=int(copy) == task_id, values=values,
+                section="countersign-remove-form")
 
 
 @tasks.post("/tasks/<int:task_id>/attachments")
@@ -272,12 +297,26 @@ _PROBLEMS = [   # first match wins: specific patterns before general ones
      lambda m: _("Choose one of the materials the service guide lists.")),
     (r"^not one of your departments$", lambda m: _("This is not one of your departments.")),
     (r"^at most (\d+) characters$", lambda m: _("Enter at most %(n)s characters.", n=m[1])),
+    (r"^give the reason$", lambda m: _("Give the reason.")),
+    (r"^choose a department$", lambda m: _("Choose a department.")),
+    (r"^no department '(.*)'$", lambda m: _("There is no department %(key)s.", key=m[1])),
+    (r"^(.+) already has a copy of this countersign$",
+     lambda m: _("%(department)s already has a copy of this countersign.", department=m[1])),
+    (r"^choose a copy of this countersign$", lambda m: _("Choose a copy of this countersign.")),
 ]
 _ERRORS = [
     (r"^task \d+ is already claimed by (\S+)$", lambda m: _("This task has already been claimed by %(user)s.", user=m[1])),
     (r"^task \d+ is claimed by (\S+?)(, not by you)?$", lambda m: _("This task is claimed by %(user)s.", user=m[1])),
-    (r"^task \d+ is (?:already )?(completed|sent_back|cancelled)$",
+    (r"^task \d+ is (?:already )?(completed|sent_back|cancelled|removed)$",
      lambda m: _("This task has already been closed; the case has moved on.")),
+    (r"^task \d+ is already signed; a signed copy cannot be removed$",
+     lambda m: _("That copy has already been signed; a signed copy cannot be removed.")),
+    (r"^the last copy of a countersign cannot be removed$",
+     lambda m: _("The last copy of a countersign cannot be removed.")),
+    (r"^task \d+ \((.*)\) is not a countersign.*",
+     lambda m: _("%(step)s is not a countersign: departments cannot be added or removed.", step=m[1])),
+    (r"^only a lead .* may add or remove countersigners$",
+     lambda m: _("Only a lead of a department in this countersign, or a supervisor, may add or remove departments.")),
     (r"^task \d+ is no longer ready$", lambda m: _("This task is no longer waiting to be done.")),
     (r"^case \S+ is (completed|terminated)$", lambda m: _("This case has already ended.")),
     (r"^that step can no longer be returned to$", lambda m: _("That step can no longer be returned to.")),

@@ -227,3 +227,63 @@ def check_light_badges(page) -> None:
         light = row.get_attribute("data-light")
         assert light in LIGHT_LABELS, light
         assert row.locator(".light").first.inner_text().strip() == LIGHT_LABELS[light]
+
+
+def test_a_lead_adds_and_removes_a_countersigner_on_the_joint_survey(server, browser, db_config):
+    """加签/减签 through the task page of 联合踏勘 (工程建设项目), then the case page's timeline."""
+    from engine import accounts, runtime
+    from tests.processes.harness import guide_of, materials
+    db = Database(db_config)
+    case = runtime.start_case(db, "construction_project", {"applicant": "杭州滨江科创置业有限公司"}, "window1")
+    intake = [t for t in worklist_of(db, "window1") if t["instance_id"] == case["id"]][0]
+    runtime.complete(db, intake["id"], accounts.get_user(db, "window1"), {
+        "project_name": "滨江科创园二期", "project_code": "2026-330108-47-01-000123",
+        "applicant": "杭州滨江科创置业有限公司", "project_kind": "enterprise", "investment": 58000, "land_area": 42000,
+        "building_area": 126000, "major_project": False, "road_impact": False, "intake_decision": "accept",
+        **materials(guide_of("construction_project"), {"review_project_approval", "review_land_siting",
+                                                        "review_land_use_permit", "review_eia", "review_soil_water"})})
+    db.dispose()
+
+    shots: list[str] = []
+    lead = Clerk(browser, server, "ghj1", shots).login()      # 规划局's lead holds one copy of the survey
+    lead.open_task("s1_survey")
+    page = lead.page
+    panel = page.locator("section#countersign")
+    assert panel.locator("tr[data-copy]").count() == 4
+    form = page.locator("form#countersign-add-form")
+    form.locator("select[name='department']").select_option(label="发展改革委")
+    form.locator("textarea[name='reason']").fill("选址涉及立项，请发改委一同踏勘")
+    page.click("button#add-countersigner")
+    page.wait_for_load_state()
+    assert "已加签" in page.locator(".flash").first.inner_text()
+    assert panel.locator("tr[data-copy]").count() == 5 and "发展改革委" in panel.locator("table").inner_text()
+    lead.shot("countersign-01-added.png")
+
+    form = page.locator("form#countersign-remove-form")
+    form.locator("select[name='copy']").select_option(label="水务局")
+    form.locator("textarea[name='reason']").fill("本项目不涉及水土保持")
+    page.click("button#remove-countersigner")
+    page.wait_for_load_state()
+    assert "已减签" in page.locator(".flash").first.inner_text()
+    assert panel.locator("tr[data-copy]").count() == 4 and "水务局" not in panel.locator("table").inner_text()
+    lead.shot("countersign-02-removed.png")
+
+    fgw = Clerk(browser, server, "fgw1", shots).login()
+    fgw.open_task("s1_survey")                               # the new copy waits in 发展改革委's list
+    swuj = Clerk(browser, server, "swuj1", shots).login()
+    swuj.page.goto(server + "/tasks")
+    assert swuj.page.locator("tr[data-bpmn-id='s1_survey']").count() == 0
+
+    page.goto(server + f"/cases/{case['id']}")
+    added = page.locator(".timeline li[data-event='countersigner_added']")
+    removed = page.locator(".timeline li[data-event='countersigner_removed']")
+    assert "加签：发展改革委" in added.inner_text() and "选址涉及立项" in added.inner_text()
+    assert "减签：水务局" in removed.inner_text() and "不涉及水土保持" in removed.inner_text()
+    lead.shot("countersign-03-timeline.png")
+    for opened in (lead, fgw, swuj):
+        opened.close()
+
+
+def worklist_of(db, username: str) -> list[dict]:
+    from engine import accounts, worklist
+    return worklist.list_tasks(db, accounts.get_user(db, username), limit=500)

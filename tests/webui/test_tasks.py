@@ -61,8 +61,9 @@ def login(app, org, clock):
         response = client.post("/login", data={"username": username, "password": PASSWORDS[username],
                                                "csrf_token": CSRF.search(page).group(1)})
         assert response.status_code == 302, response.get_data(as_text=True)
-        # Logging in starts a new session, so the form token comes from a page seen after it.
-        return Clerk(client, CSRF.search(client.get("/tasks").get_data(as_text=True)).group(1))
+        # Logging in starts a new session, so the form token comes from a page seen after it (every page's
+        # header has one; the home page works for users without a department too).
+        return Clerk(client, CSRF.search(client.get("/").get_data(as_text=True)).group(1))
 
     return as_user
 
@@ -91,8 +92,8 @@ def text_of(response) -> str:
     return html.unescape(response.get_data(as_text=True))
 
 
-def flashes(clerk: Clerk) -> list[str]:
-    page = clerk.get("/tasks").get_data(as_text=True)
+def flashes(clerk: Clerk, url: str = "/tasks") -> list[str]:
+    page = clerk.get(url).get_data(as_text=True)
     return [html.unescape(m) for m in re.findall(r'<p class="flash [^"]*"[^>]*>([^<]*)</p>', page)]
 
 
@@ -516,3 +517,125 @@ def test_every_control_on_the_task_pages_has_a_label(db, case, login):
         assert parser.controls, url
         unlabelled = [(i, n) for i, n, wrapped in parser.controls if not wrapped and i not in parser.labels]
         assert unlabelled == [], url
+
+
+# ---- 加签 / 减签 --------------------------------------------------------------------------------------
+
+@pytest.fixture
+def countersign_case(db, org, clock):
+    """A countersign of 公安局, 税务局 and 人社局 (tests/engine/test_countersign.py's flow), just started."""
+    from engine import runtime
+    from tests.conftest import deploy_text
+    from tests.engine.test_countersign import countersign_xml
+    create_user(db, "gajlead", "gaj-lead-1", "公安科长", ["gaj"], ["clerk", "lead"])
+    create_user(db, "rsj1", "rsj-pass-1", "人社一", ["rsj"], ["clerk"])
+    deploy_text(db, "countersign_review.bpmn", countersign_xml())
+    case_id = runtime.start_case(db, "countersign_review", {"applicant": "杭州云杉科技有限公司"}, "window1")["id"]
+    return {"id": case_id, **copies_of(db, case_id)}
+
+
+def copies_of(db, case_id: int) -> dict:
+    """department -> id of its latest copy of the countersign."""
+    return {t["departments"][0]: t["id"] for t in worklist.get_instance(db, case_id)["tasks"] if t["bpmn_id"] == "sign"}
+
+
+def test_a_lead_adds_and_removes_countersigners_on_the_task_page(db, countersign_case, login):
+    lead, copy = login("gajlead"), countersign_case["gaj"]
+    page = text_of(lead.get(f"/tasks/{copy}"))
+    assert '<h2 id="countersign-heading">会签</h2>' in page
+    assert re.findall(r'<tr data-copy="(\d+)"', page) == [str(countersign_case[d]) for d in ("gaj", "swj", "rsj")]
+    assert f'<form id="countersign-add-form" method="post" action="/tasks/{copy}/countersigners">' in page
+    choices = re.search(r'<select id="countersign-department" name="department" required>(.*?)</select>', page, re.S)[1]
+    assert re.findall(r'<option value="(\w+)"', choices) == ["scjgj", "window", "ybj"]   # not those signing already
+    assert re.search(rf'<option value="">— 请选择 —</option>\s*<option value="{copy}">公安局（本件）</option>', page)
+    for control in ("countersign-department", "countersign-add-reason", "countersign-copy", "countersign-remove-reason"):
+        assert f'<label for="{control}" class="required">' in page, control
+
+    response = lead.post(f"/tasks/{copy}/countersigners", {"department": "", "reason": " "})
+    page = text_of(response)
+    assert response.status_code == 422
+    assert '<p class="field-error" id="error-department">请选择部门。</p>' in page
+    assert '<p class="field-error" id="error-reason">请填写原因。</p>' in page
+    response = lead.post(f"/tasks/{copy}/countersigners", {"department": "swj", "reason": "再请税务"})
+    assert response.status_code == 422 and "税务局 已在本次会签中。" in text_of(response)
+    assert events(db, type="countersigner_added") == []
+
+    response = lead.post(f"/tasks/{copy}/countersigners", {"department": "ybj", "reason": "涉及医保定点"})
+    assert response.status_code == 302 and response.headers["Location"] == f"/tasks/{copy}"
+    assert flashes(lead) == ["已加签，该部门的会签件已进入其待办。"]
+    ybj = copies_of(db, countersign_case["id"])["ybj"]
+    assert task_row(db, ybj)["status"] == "open"
+    added = events(db, type="countersigner_added")
+    assert [(e["actor"], e["task_id"], e["data"]["department"], e["data"]["reason"]) for e in added] == [
+        ("gajlead", copy, "ybj", "涉及医保定点")]
+
+    response = lead.post(f"/tasks/{copy}/countersigners/remove", {"copy": str(countersign_case["rsj"]), "reason": ""})
+    assert response.status_code == 422 and '<p class="field-error" id="error-reason">请填写原因。</p>' in text_of(response)
+    for chosen in ("x", ""):
+        response = lead.post(f"/tasks/{copy}/countersigners/remove", {"copy": chosen, "reason": "不涉及"})
+        page = text_of(response)
+        assert response.status_code == 422 and '<p class="field-error" id="error-copy">请选择本次会签中的一个部门。</p>' in page
+        assert "不涉及" in page     # what was typed stays
+    response = lead.post(f"/tasks/{copy}/countersigners/remove", {"copy": str(countersign_case["rsj"]),
+                                                                  "reason": "不涉及人社"})
+    assert response.status_code == 302 and response.headers["Location"] == f"/tasks/{copy}"
+    assert flashes(lead) == ["已减签，该部门的会签件已撤下。"]
+    assert task_row(db, countersign_case["rsj"])["status"] == "removed"
+    page = text_of(lead.get(f"/tasks/{copy}"))
+    assert re.findall(r'<tr data-copy="(\d+)"', page) == [str(countersign_case[d]) for d in ("gaj", "swj")] + [str(ybj)]
+
+    # Removing one's own copy leaves the page for the list; the case page tells the story.
+    response = lead.post(f"/tasks/{copy}/countersigners/remove", {"copy": str(copy), "reason": "公安不再参加"})
+    assert response.status_code == 302 and response.headers["Location"] == "/tasks"
+    assert task_row(db, copy)["status"] == "removed"
+    timeline = text_of(login("admin").get(f"/cases/{countersign_case['id']}"))
+    assert "加签：医保局" in timeline and "减签：人社局" in timeline and "减签：公安局" in timeline
+    assert "涉及医保定点" in timeline and "不涉及人社" in timeline
+
+
+def test_a_clerk_sees_the_copies_but_cannot_add_or_remove(db, countersign_case, login):
+    gaj1, copy = login("gaj1"), countersign_case["gaj"]
+    page = text_of(gaj1.get(f"/tasks/{copy}"))
+    assert 'id="countersign-heading"' in page and len(re.findall(r'<tr data-copy=', page)) == 3
+    assert 'id="countersign-add-form"' not in page and 'id="countersign-remove-form"' not in page
+    before = events(db)
+    response = gaj1.post(f"/tasks/{copy}/countersigners", {"department": "ybj", "reason": "想加"})
+    assert response.status_code == 403 and "只有参加本次会签的部门负责人或监察人员可以加签、减签。" in text_of(response)
+    response = gaj1.post(f"/tasks/{copy}/countersigners/remove", {"copy": str(countersign_case["rsj"]), "reason": "x"})
+    assert response.status_code == 403
+    swj1 = login("swj1")   # another department's clerk cannot even open this copy
+    assert swj1.post(f"/tasks/{copy}/countersigners", {"department": "ybj", "reason": "x"}).status_code == 403
+    assert events(db) == before and set(copies_of(db, countersign_case["id"])) == {"gaj", "swj", "rsj"}
+
+
+def test_countersign_refusals_become_messages(db, org, countersign_case, case, login):
+    lead, admin = login("gajlead"), login("admin")
+    swj1 = login("swj1")
+    assert swj1.post(f"/tasks/{countersign_case['swj']}/complete", {"sign_opinion": "同意"}).status_code == 302
+    # A signed copy stays.
+    response = admin.post(f"/tasks/{countersign_case['gaj']}/countersigners/remove",
+                          {"copy": str(countersign_case["swj"]), "reason": "撤回"})
+    assert response.status_code == 302 and flashes(admin, "/cases") == ["该部门已会签，已签的会签件不能减签。"]
+    # A step that is not a countersign has no 会签 panel, and the routes say so.
+    review = case["review_gaj"]
+    assert 'id="countersign-heading"' not in text_of(lead.get(f"/tasks/{review}"))
+    response = admin.post(f"/tasks/{review}/countersigners", {"department": "ybj", "reason": "加签"})
+    assert response.status_code == 302 and flashes(admin, "/cases") == ["“公安局审查”不是会签环节，不能加签或减签。"]
+    # Removing the last unsigned copies finishes the countersign: the hand-over reaches the window.
+    for department in ("rsj", "gaj"):
+        response = admin.post(f"/tasks/{countersign_case['gaj']}/countersigners/remove",
+                              {"copy": str(countersign_case[department]), "reason": "不涉及"})
+        assert response.status_code == 302
+    assert [t["bpmn_id"] for t in worklist.list_tasks(db, org["window1"])
+            if t["instance_id"] == countersign_case["id"]] == ["handover"]
+    # With nothing signed, the last copy stays.
+    from engine import runtime
+    other = runtime.start_case(db, "countersign_review", {}, "window1")["id"]
+    copies = copies_of(db, other)
+    for department in ("swj", "rsj"):
+        admin.post(f"/tasks/{copies['gaj']}/countersigners/remove", {"copy": str(copies[department]), "reason": "x"})
+        flashes(admin, "/cases")
+    response = admin.post(f"/tasks/{copies['gaj']}/countersigners/remove", {"copy": str(copies["gaj"]), "reason": "最后一个"})
+    assert response.status_code == 302 and response.headers["Location"] == f"/tasks/{copies['gaj']}"
+    assert flashes(admin, "/cases") == ["会签至少要保留一个部门，最后一份会签件不能减签。"]
+    assert task_row(db, copies["gaj"])["status"] == "open"
