@@ -7,7 +7,7 @@ from pathlib import PurePosixPath
 from flask import Blueprint, request, url_for
 from werkzeug.exceptions import BadRequest
 
-from engine import accounts, deploy, runtime, worklist
+from engine import accounts, countersign, deploy, runtime, worklist
 from engine.deploy import SourceFile
 from engine.errors import DeploymentInvalid, InvalidInput, Problem
 
@@ -163,6 +163,25 @@ def sources_from_upload() -> list[SourceFile]:
     if problems:
         raise DeploymentInvalid(problems)
     return diagrams
+
+
+@api.post("/tasks/<int:task_id>/countersigners")
+@login_required
+def add_countersigner(task_id: int):
+    """加签: another department gets its own copy of the countersign this task belongs to."""
+    body = _body()
+    _check(body, department=(str, True), reason=(str, True))
+    result = countersign.add_countersigner(database(), task_id, current_user(), body["department"], body["reason"])
+    return result, 201, {"Location": url_for(".get_task", task_id=result["new_task_id"])}
+
+
+@api.post("/tasks/<int:task_id>/countersigners/remove")
+@login_required
+def remove_countersigner(task_id: int):
+    """减签: this open copy of a countersign is taken away."""
+    body = _body()
+    _check(body, reason=(str, True))
+    return countersign.remove_countersigner(database(), task_id, current_user(), body["reason"])
 
 
 def _stem(name: str) -> str:

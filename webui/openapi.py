@@ -128,7 +128,8 @@ SCHEMAS = {
         "id": _integer(), "name": _string(True), "bpmn_id": _string(), "instance_id": _integer(),
         "case_no": _string(), "applicant": _string(True), "process_key": _string(), "version": _integer(),
         "departments": {"type": "array", "items": _string()}, "assignee": _string(True),
-        "status": _string(enum=["open", "completed", "cancelled"]), "created_at": _TIME, "due_at": _TIME,
+        "status": _string(enum=["open", "completed", "cancelled", "sent_back", "removed"]),
+        "created_at": _TIME, "due_at": _TIME,
         "completed_at": _TIME, "completed_by": _string(True), "light": _LIGHT,
     }, ["id", "name", "bpmn_id", "instance_id", "case_no", "departments", "assignee", "status", "due_at", "light"]),
     "TaskList": _object({"tasks": {"type": "array", "items": _ref("Task")},
@@ -161,6 +162,18 @@ SCHEMAS = {
     "CompleteTask": _object({"data": {"type": "object", "additionalProperties": True,
                                       "description": "form values keyed by form field id"},
                              "opinion": _string(description="the reviewer's opinion (审查意见), kept in the audit trail")}),
+    "AddCountersigner": _object({
+        "department": _string(description="key of a department (GET /api/departments) without a copy yet"),
+        "reason": _string(description="why the department is added; kept in the audit trail"),
+    }, ["department", "reason"]),
+    "RemoveCountersigner": _object({
+        "reason": _string(description="why the copy is removed; kept in the audit trail"),
+    }, ["reason"]),
+    "CountersignerAdded": _object({
+        "task_id": _integer(description="the copy the request named"), "instance_id": _integer(),
+        "department": _string(), "new_task_id": _integer(description="the new department's copy"),
+        "event": _string(enum=["countersigner_added"]),
+    }, ["task_id", "instance_id", "department", "new_task_id", "event"]),
     "TaskActionResult": _object({
         "task_id": _integer(), "instance_id": _integer(),
         "case_status": _string(enum=["running", "completed", "terminated", "suspended"]),
@@ -314,6 +327,23 @@ PATHS.update({
         "extendCase", "延期: extend the case's committed limit once, before it expires (lead, supervisor, admin)", {
             "200": _json({"type": "object"}, "extended"), **_CHANGE_ERRORS}, tag="cases",
         parameters=[_INSTANCE_ID], body=_EXTEND)},
+    "/api/tasks/{task_id}/countersigners": {"post": _op(
+        "addCountersigner", "加签: give another department its own copy of this task's countersign", {
+            "201": _json(_ref("CountersignerAdded"), "added; Location names the new copy"),
+            "400": _error("BadRequest"), "422": _error("Invalid"), **_TASK_ACTION_ERRORS}, tag="tasks",
+        parameters=[_TASK_ID], body=_json_body(_ref("AddCountersigner")),
+        description="task_id is any open copy of a countersign (a parallel multi-instance step whose candidate "
+                    "group is its element variable). A lead of a department holding a copy, a supervisor or an "
+                    "admin may add; 409 when the task is not a countersign; 422 names `department` (unknown, "
+                    "or already holding an open or signed copy) and `reason`.")},
+    "/api/tasks/{task_id}/countersigners/remove": {"post": _op(
+        "removeCountersigner", "减签: take this open copy away from its countersign", {
+            "200": _json(_ref("TaskActionResult"), "removed; the copy's status is `removed`"),
+            "400": _error("BadRequest"), "422": _error("Invalid"), **_TASK_ACTION_ERRORS}, tag="tasks",
+        parameters=[_TASK_ID], body=_json_body(_ref("RemoveCountersigner")),
+        description="Same permission as adding. 409 for a signed copy, the last copy, or a task that is not a "
+                    "countersign. When every copy left is signed (or the completion condition holds) the "
+                    "countersign finishes and the case moves on.")},
     "/api/tasks/{task_id}/extend": {"post": _op(
         "extendTask", "延期: extend a task's limit once, before it expires (lead, supervisor, admin)", {
             "200": _json({"type": "object"}, "extended"), **_CHANGE_ERRORS}, tag="tasks",

@@ -600,6 +600,52 @@ def test_home_page_lists_deployed_processes_in_chinese(client, auth, parallel_xm
     assert "parallel_review" in page and "并联审查（测试）" in page and "v1" in page
 
 
+def test_countersigners_are_added_and_removed_through_the_api(client, auth):
+    from tests.engine.test_countersign import countersign_xml
+    assert upload(client, auth("admin"), ("countersign_review.bpmn", countersign_xml().encode())).status_code == 201
+    for username, department, roles in (("rsj1", "rsj", ["clerk"]), ("gajlead", "gaj", ["clerk", "lead"])):
+        created = client.post("/api/users", headers=auth("admin"), json={
+            "username": username, "password": f"{username}-pass", "departments": [department], "roles": roles})
+        assert created.status_code == 201
+    lead = auth("gajlead", "gajlead-pass")
+    case = client.post("/api/processes/countersign_review/instances", headers=auth("window1"), json={}).json
+    [copy] = my_tasks(client, auth("gaj1"))
+    assert copy["bpmn_id"] == "sign"
+    url = f"/api/tasks/{copy['id']}/countersigners"
+
+    forbidden = client.post(url, headers=auth("gaj1"), json={"department": "ybj", "reason": "加签"})
+    missing = client.post(url, headers=lead, json={})
+    wrong_types = client.post(url, headers=lead, json={"department": ["ybj"], "reason": 3})
+    unknown = client.post(url, headers=lead, json={"department": "nope", "reason": "加签"})
+    twice = client.post(url, headers=lead, json={"department": "swj", "reason": "加签"})
+    added = client.post(url, headers=lead, json={"department": "ybj", "reason": "涉及医保"})
+    assert forbidden.status_code == 403
+    assert missing.status_code == 422 and fields_of(missing) == {"department", "reason"}
+    assert wrong_types.status_code == 422 and fields_of(wrong_types) == {"department", "reason"}
+    assert unknown.status_code == 422 and fields_of(unknown) == {"department"}
+    assert twice.status_code == 422 and fields_of(twice) == {"department"}
+    assert added.status_code == 201, added.json
+    assert added.json["department"] == "ybj" and added.headers["Location"].endswith(f"/api/tasks/{added.json['new_task_id']}")
+
+    [swj_copy] = my_tasks(client, auth("swj1"))
+    removal = f"/api/tasks/{swj_copy['id']}/countersigners/remove"
+    no_reason = client.post(removal, headers=lead, json={"reason": ""})
+    removed = client.post(removal, headers=lead, json={"reason": "不涉及税务"})
+    again = client.post(removal, headers=lead, json={"reason": "不涉及税务"})
+    assert no_reason.status_code == 422 and fields_of(no_reason) == {"reason"}
+    assert removed.status_code == 200 and removed.json["case_status"] == "running"
+    assert again.status_code == 409
+    assert my_tasks(client, auth("swj1")) == []
+    window = client.post(url, headers=lead, json={"department": "window", "reason": "窗口会签"})
+    assert window.status_code == 201 and [t["id"] for t in my_tasks(client, auth("window1"))] == [
+        window.json["new_task_id"]]
+    instance = client.get(f"/api/instances/{case['id']}", headers=auth("admin")).json
+    statuses = sorted((t["departments"][0], t["status"]) for t in instance["tasks"] if t["bpmn_id"] == "sign")
+    assert statuses == [("gaj", "open"), ("rsj", "open"), ("swj", "removed"), ("window", "open"), ("ybj", "open")]
+    assert [e["type"] for e in instance["events"] if e["type"].startswith("countersigner")] == [
+        "countersigner_added", "countersigner_removed", "countersigner_added"]
+
+
 def _openapi_path(rule) -> str:
     return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
 
