@@ -16,7 +16,7 @@ from .accounts import User
 from .errors import ApprovalsError, Conflict, FormInvalid, NotFound, Problem
 from .lights import light_of
 from .projection import extensions
-from .snapshot import decode, find_task, load_specs, read_state
+from .snapshot import decode, find_task, load_specs, read_state, task_spec_of
 from .store import (
     Database, applicant_access, attachment, department, human_task, process_definition, process_instance,
     query_attempt,
@@ -161,7 +161,7 @@ def supply_materials(db: Database, instance_id: int, uploads: list[Upload], note
         tasks = conn.execute(select(human_task.c.id, human_task.c.bpmn_id, human_task.c.departments)
                              .where(human_task.c.instance_id == instance_id, human_task.c.status == "open")).all()
     specs = load_specs(case.definition_id, case.spec_json)
-    task = next((t for t in tasks if _is_supplement(_spec(specs, t.bpmn_id))), None)
+    task = next((t for t in tasks if _is_supplement(task_spec_of(specs, t.bpmn_id))), None)
     if task is None:
         raise Conflict("no materials are awaited for this case")
     known = {m["key"] for item in (case.guide or {}).get("items", []) for m in item.get("materials") or []}
@@ -181,7 +181,7 @@ def supply_materials(db: Database, instance_id: int, uploads: list[Upload], note
                      data={"materials": sorted({u.material_key for u in uploads}), "note": note})
 
     db.run(store)
-    spec = _spec(specs, task.bpmn_id)
+    spec = task_spec_of(specs, task.bpmn_id)
     values = {}
     for field in forms.describe(getattr(spec, "form", None)):
         if field["type"] == "boolean" and field["required"]:
@@ -248,7 +248,7 @@ def progress(db: Database, case_no: str) -> dict:
         events = audit.for_instance(conn, row["id"])
         calendar = calendar_for(db, conn)
         specs = load_specs(row["definition_id"], row["spec_json"])
-        supplement = next((t for t in tasks if t["status"] == "open" and _is_supplement(_spec(specs, t["bpmn_id"]))),
+        supplement = next((t for t in tasks if t["status"] == "open" and _is_supplement(task_spec_of(specs, t["bpmn_id"]))),
                           None)
         data = _task_data(conn, row, specs, supplement["task_guid"]) if supplement is not None else {}
     now = db.config.now()
@@ -268,7 +268,7 @@ def progress(db: Database, case_no: str) -> dict:
         "workdays_left": (round(calendar.workdays_left(now, row["due_at"]), 1)
                           if row["status"] == "running" and row["due_at"] else None),
         "current": [_step(t, names, calendar, now) for t in tasks if t["status"] == "open"],
-        "history": [_step(t, names, calendar, now) for t in tasks if t["status"] != "open"],
+        "history": [_step(t, names, calendar, now) for t in tasks if t["status"] not in ("open", "removed")],
         "supplement": _supplement_request(supplement, data, material_names),
         "notices": _notices(events),
         "materials": [{**f, "name": material_names.get(f["material_key"], f["material_key"])} for f in files],
@@ -443,14 +443,6 @@ def _begin_attempt(db: Database, ip: str, subject: str) -> int:
 
 def _succeeded(db: Database, attempt: int) -> None:
     db.run(lambda conn: conn.execute(update(query_attempt).where(query_attempt.c.id == attempt).values(success=True)))
-
-
-def _spec(specs, bpmn_id: str):
-    for spec in (specs.spec, *specs.subprocess_specs.values()):
-        for task_spec in spec.task_specs.values():
-            if task_spec.bpmn_id == bpmn_id:
-                return task_spec
-    return None
 
 
 def _is_supplement(spec) -> bool:

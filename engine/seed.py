@@ -10,7 +10,7 @@ DEPARTMENTS = [
     ("window", "综合窗口"), ("scjgj", "市场监管局"), ("gaj", "公安局"), ("swj", "税务局"), ("rsj", "人社局"),
     ("ybj", "医保局"), ("gjj", "公积金中心"), ("bank", "开户银行"), ("fgw", "发展改革委"), ("zrzyj", "自然资源局"),
     ("ghj", "规划局"), ("sthjj", "生态环境局"), ("zjj", "住房城乡建设局"), ("xfjg", "消防救援机构"), ("rfb", "人防办"),
-    ("swuj", "水务局"), ("jtj", "交通运输局"), ("cgj", "城管局"), ("daj", "档案馆"), ("qxj", "气象局"),
+    ("swuj", "水务局"), ("jtj", "交通运输局"), ("cgj", "城市管理局"), ("daj", "档案馆"), ("qxj", "气象局"),
 ]
 # Leads of the departments that consolidate a stage may send items back.
 LEADS = {"scjgj", "fgw", "ghj", "zjj"}

@@ -9,6 +9,7 @@ from uuid import UUID
 
 from sqlalchemy import bindparam, delete, select, update
 from SpiffWorkflow.bpmn.serializer.workflow import VERSION as SERIALIZER_VERSION, BpmnWorkflowSerializer
+from SpiffWorkflow.bpmn.specs.mixins.multiinstance_task import MultiInstanceTask
 from SpiffWorkflow.bpmn.workflow import BpmnWorkflow
 from SpiffWorkflow.camunda.serializer.config import CAMUNDA_CONFIG
 from SpiffWorkflow.exceptions import TaskNotFoundException
@@ -97,6 +98,18 @@ def load_specs(definition_id: int, spec_json: str) -> Specs:
         while len(_spec_cache) > 256:
             _spec_cache.popitem(last=False)
     return specs
+
+
+def task_spec_of(specs: Specs, bpmn_id: str):
+    """The task spec drawn as `bpmn_id`; for a countersign (multi-instance) the step itself, not its loop."""
+    loop = None
+    for spec in (specs.spec, *specs.subprocess_specs.values()):
+        for task_spec in spec.task_specs.values():
+            if task_spec.bpmn_id == bpmn_id:
+                if not isinstance(task_spec, MultiInstanceTask):
+                    return task_spec
+                loop = loop or task_spec
+    return loop
 
 
 def forget_specs() -> None:

@@ -126,7 +126,7 @@ def open_tasks(db: Database, user: User, wanted: TaskFilter = TaskFilter()) -> d
     with db.read() as conn:
         calendar = calendar_for(db, conn)
         in_queues = select(task_queue.c.human_task_id).where(
-            task_queue.c.department_key.in_([wanted.department] if wanted.department else queues or ["\0"]))
+            task_queue.c.department_key.in_([wanted.department] if wanted.department else queues or [""]))
         shared = _instance_conditions(wanted, running_only=True)
         if wanted.overdue:
             shared.append(human_task.c.due_at <= now)

@@ -10,7 +10,7 @@ from .accounts import User
 from .errors import NotFound, PermissionDenied
 from .lights import light_of
 from .projection import may_work_on, queues_of
-from .snapshot import load_specs
+from .snapshot import load_specs, task_spec_of
 from .store import Database, human_task, process_definition, process_instance, task_queue
 from .timekeeping import calendar_for
 
@@ -28,7 +28,7 @@ def list_tasks(db: Database, user: User, limit: int = 100, offset: int = 0) -> l
     """A clerk's open work: unclaimed tasks of their departments plus tasks they hold, soonest due first."""
     mine = select(human_task.c.id).where(human_task.c.assignee == user.username, human_task.c.status == "open")
     queued = (select(task_queue.c.human_task_id).join(human_task, human_task.c.id == task_queue.c.human_task_id)
-              .where(task_queue.c.department_key.in_(queues_of(user) or ["\0"]), human_task.c.assignee.is_(None),
+              .where(task_queue.c.department_key.in_(queues_of(user) or [""]), human_task.c.assignee.is_(None),
                      human_task.c.status == "open"))
     conditions = [human_task.c.id.in_(mine), human_task.c.id.in_(queued)]
     query = (select(*_TASK_COLUMNS)
@@ -59,7 +59,7 @@ def get_task(db: Database, task_id: int, user: User) -> dict:
     if not (may_work_on(user, row) or user.has_role("supervisor", "admin")):
         raise PermissionDenied(f"task {task_id} is not one of your departments' tasks")
     result = _task_dict(row, calendar, db.config.now())
-    spec = _find_spec(load_specs(row["definition_id"], row["spec_json"]), row["bpmn_id"])
+    spec = task_spec_of(load_specs(row["definition_id"], row["spec_json"]), row["bpmn_id"])
     result["form"] = forms.describe(getattr(spec, "form", None))
     result["guide_item"] = guides.item_for(row["guide"], row["bpmn_id"])
     return result
@@ -106,14 +106,6 @@ def list_processes(db: Database) -> list[dict]:
              .order_by(process_definition.c.key))
     with db.read() as conn:
         return [{**dict(r), "deployed_at": _iso(r["deployed_at"])} for r in conn.execute(query).mappings()]
-
-
-def _find_spec(specs, bpmn_id: str):
-    for spec in (specs.spec, *specs.subprocess_specs.values()):
-        for task_spec in spec.task_specs.values():
-            if task_spec.bpmn_id == bpmn_id:
-                return task_spec
-    return None
 
 
 def _task_dict(row, calendar, now: datetime) -> dict:

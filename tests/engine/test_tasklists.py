@@ -8,7 +8,7 @@ import pytest
 import time_machine
 from sqlalchemy import select
 
-from engine import handover, lights, runtime, tasklists
+from engine import handover, lights, runtime, tasklists, worklist
 from engine.accounts import create_user, get_user
 from engine.deploy import SourceFile, deploy
 from engine.errors import InvalidInput, NotFound, PermissionDenied
@@ -212,6 +212,12 @@ def test_a_clerk_sees_unclaimed_tasks_of_their_department_and_the_tasks_they_hol
     assert not set(seen) & {c["review_swj"] for c in cases}                         # 税务局's work stays there
     assert listed(db, swj1) == expected(db, swj1)
     assert listed(db, get_user(db, "window1")) == [open_ids(db, many["intake_only"]["id"])["intake"]]
+
+
+def test_someone_in_no_department_sees_only_what_they_hold(db, many):
+    supervisor = create_user(db, "watcher1", "watcher-pass-1", "督查员", [], ["supervisor"], "admin")
+    assert listed(db, supervisor) == []
+    assert worklist.list_tasks(db, supervisor) == []
 
 
 def test_rows_carry_what_the_list_shows(db, many):

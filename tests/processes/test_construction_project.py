@@ -342,3 +342,11 @@ def test_extending_one_survey_copy_moves_the_surveys_shared_limit(db, constructi
     assert case.fire_timers() == 0 and not case.events("timer_fired")
     clock.at("2026-03-09 18:00")
     assert case.fire_timers() == 1
+
+
+def test_a_survey_copy_shows_the_surveys_form(db, construction, clock):
+    from engine import worklist
+    case = start(db, construction)
+    case.complete("intake", "window", **project())
+    copy = worklist.get_task(db, case.task("s1_survey", "ghj")["id"], construction["ghj"])
+    assert [field["id"] for field in copy["form"]] == ["survey_signed", "survey_opinion"]
