@@ -11,8 +11,12 @@ from typing import Iterator
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import (
+    ARRAY,
     Date,
+    Integer,
     String,
+    any_,
+    bindparam,
     and_,
     case,
     cast,
@@ -59,11 +63,13 @@ ROLL_UP_CHUNK_DAYS = 31
 REQUEST_ROLL_UP_DAYS = 62
 ROLL_MARGIN = timedelta(hours=1)   # how long a transaction may take to commit what it recorded
 HISTOGRAM_BUCKET_SECONDS = 2520   # a tenth of a 7-hour working day
+MEDIAN_BATCH = 1000                # cases checked for a department's step per query while seeking the median
 ALL = ""                           # supervision_day's key for "every clerk", "any department", "any step"
 EVERY, STEPS = "every", "steps"    # what a reading wants of a key: every figure, or the per-department ones
 FIGURES = SUPERVISION_FIGURES
 STEP_FIGURES = ("step_completed", "step_late", "step_closed", "step_seconds")
 WINDOW_FIGURES = ("dur_n", "dur_on_time", "dur_net", "ratings", "rating_sum")
+PARTS = frozenset({"events", "durations", "lights", "ratings", "steps"})   # the kinds of figures _measure counts
 TREND_FIGURES = {"received": "received", "dur_n": "completed", "dur_on_time": "on_time",
                  "cases_overdue": "cases_overdue"}
 LIGHTS = ("green", "yellow", "red")
@@ -276,7 +282,7 @@ def statistics(db: Database, user: User, start: date | str | None = None, end: d
                "clerk": clerk or None}
     # A request rolls up at most two months; a backlog (a new install on old data) is the worker's job,
     # and until then the days not rolled up are counted live, which gives the same figures, only slower.
-    roll_up(db, now, max_days=REQUEST_ROLL_UP_DAYS)
+    roll_up(db, now, max_days=REQUEST_ROLL_UP_DAYS, wait=False)
     reading = _Reading(filters["clerk"] or ALL, filters["department"] or ALL, filters["item"] or ALL)
     with read_snapshot(db) as conn:
         calendar = calendar_for(db, conn)
@@ -291,12 +297,14 @@ def statistics(db: Database, user: User, start: date | str | None = None, end: d
                 since = _midnight(rolled_until)
                 reading.add(_measure(conn, lo, _midnight(stop), want=reading.want, flow=filters["flow"],
                                      clerk=filters["clerk"], since=since,
-                                     instances=_cases_with_tasks_created(conn, since)))
+                                     instances=_cases_with_tasks_created(conn, since,
+                                                                         task_where=_task_filters(filters))))
         if _midnight(stop) < hi:
+            # Case figures go under departments and steps only when the filter names one.
             reading.add(_measure(conn, max(lo, _midnight(stop)), hi, want=reading.want, flow=filters["flow"],
-                                 clerk=filters["clerk"]))
+                                 clerk=filters["clerk"], by_step=bool(reading.department or reading.item)))
         totals = reading.totals
-        median = _median(conn, lo, hi, _case_filters(filters, scope), reading.histogram)
+        median = _median(conn, lo, hi, filters, reading.histogram)
         names = dict(conn.execute(select(department.c.key, department.c.name)).all())
     counts = {name: totals.get(name, 0) for name in (*CASE_EVENTS.values(), *TASK_EVENTS.values())}
     completed = totals.get("dur_n", 0)
@@ -352,8 +360,9 @@ def monthly_figures(conn, first: date, stop: date, calendar) -> tuple[dict, dict
             if clerk == ALL:
                 return STEPS if dept else None
             return EVERY if not dept else None
-        for (_day, _flow, clerk, dept, _item), values in _measure(conn, _midnight(until), _midnight(stop),
-                                                                   want=want, calendar=calendar).items():
+        measured = _measure(conn, _midnight(until), _midnight(stop), want=want, calendar=calendar, by_step=False,
+                            parts=frozenset({"durations", "ratings", "steps"}))
+        for (_day, _flow, clerk, dept, _item), values in measured.items():
             if clerk == ALL:
                 _add(departments.setdefault(dept, {}), values, STEP_FIGURES)
             else:
@@ -410,8 +419,8 @@ def _read_rolled(conn, first: date, stop: date, flow: str | None, reading: _Read
     for row in conn.execute(select(month, *_sums(FIGURES)).where(*own).group_by(month)).mappings():
         reading.add_month(row["month"], {name: row[name] for name in FIGURES})
     for (histogram,) in conn.execute(select(t.c.histogram).where(*own, t.c.histogram.is_not(None))):
-        reading.add_month("", {int(bucket): count for bucket, count in histogram.items()})
-    reading.months.pop("", None)
+        for bucket, count in histogram.items():
+            reading.histogram[int(bucket)] = reading.histogram.get(int(bucket), 0) + count
     which = t.c.department == reading.department if reading.department else t.c.department != ALL
     for row in conn.execute(select(t.c.department, *_sums(STEP_FIGURES)).where(*where, which)
                             .group_by(t.c.department)).mappings():
@@ -431,7 +440,7 @@ def _add(target: dict, values, names) -> None:
 
 def _measure(conn, lo: datetime | None, hi: datetime, want=None, flow: str | None = None, clerk: str | None = None,
              as_of: datetime | None = None, instances: list[int] | None = None, since: datetime | None = None,
-             calendar=None) -> dict[tuple, dict]:
+             calendar=None, by_step: bool = True, parts: frozenset = PARTS) -> dict[tuple, dict]:
     """Every summable figure of [lo, hi) as {(local day, flow, clerk, department, item): {figure: value}}.
 
     The one place figures are counted: statistics read it live for the days not rolled up, and roll_up stores
@@ -441,6 +450,8 @@ def _measure(conn, lo: datetime | None, hi: datetime, want=None, flow: str | Non
     With `instances` and `since`, only those cases' figures are counted, and only under the keys that their
     steps created from `since` on added. `want(clerk, department, item)` picks the keys: EVERY figure, only the
     STEPS figures, or None; a `calendar` adds step_seconds, the office time each completed step took.
+    Without `by_step`, case figures go under the "any department, any step" keys only; `parts` names the
+    kinds of figures to count (audit events, durations, lights, ratings, steps finished).
     """
     groups = _Groups()
     case_where = []
@@ -449,17 +460,17 @@ def _measure(conn, lo: datetime | None, hi: datetime, want=None, flow: str | Non
     if clerk:
         case_where.append(process_instance.c.started_by == clerk)
     if instances is None:
-        facts = _case_facts(conn, lo, hi, case_where)
-        keysets = _case_keysets(conn, groups, {fact[3] for fact in facts}, as_of, None)
+        facts = _case_facts(conn, lo, hi, case_where, parts)
+        keysets = _case_keysets(conn, groups, {fact[3] for fact in facts}, as_of, None) if by_step else {}
         groups.add_cases(facts, keysets)
-        _task_facts(conn, lo, hi, case_where, groups, calendar)
+        _task_facts(conn, lo, hi, case_where, groups, calendar, parts)
     else:
         for chunk in _chunks(conn, sorted(set(instances))):
             keysets = _case_keysets(conn, groups, chunk, as_of, since)
             gained = [instance for instance, keys in keysets.items() if groups.keysets[keys]]
             if gained:
-                where = [*case_where, process_instance.c.id.in_(gained)]
-                groups.add_cases(_case_facts(conn, lo, hi, where), keysets)
+                where = [*case_where, _among(conn, process_instance.c.id, gained)]
+                groups.add_cases(_case_facts(conn, lo, hi, where, parts), keysets)
     return groups.expand(want)
 
 
@@ -506,7 +517,7 @@ class _Groups:
         return out
 
 
-def _case_facts(conn, lo: datetime | None, hi: datetime, where: list) -> list[tuple]:
+def _case_facts(conn, lo: datetime | None, hi: datetime, where: list, parts: frozenset = PARTS) -> list[tuple]:
     """Per case: (day, flow, clerk, case id, figure or histogram bucket, value) of its figures in [lo, hi)."""
     def period(column):
         return [column < hi] if lo is None else [column >= lo, column < hi]
@@ -518,46 +529,50 @@ def _case_facts(conn, lo: datetime | None, hi: datetime, where: list) -> list[tu
     key, clerk, instance = process_definition.c.key, process_instance.c.started_by, process_instance.c.id
     facts: list[tuple] = []
     # 1. case-level audit events by type
-    day = _day_expr(conn, audit_event.c.at)
-    query = (of_case(day, key, clerk, instance, audit_event.c.type, func.count())
-             .join(audit_event, audit_event.c.instance_id == process_instance.c.id)
-             .where(audit_event.c.type.in_(list(CASE_EVENTS)), *period(audit_event.c.at), *where)
-             .group_by(day, key, clerk, instance, audit_event.c.type))
-    facts += [(d, f, c, i, CASE_EVENTS[t], n) for d, f, c, i, t, n in conn.execute(query)]
+    if "events" in parts:
+        day = _day_expr(conn, audit_event.c.at)
+        query = (of_case(day, key, clerk, instance, audit_event.c.type, func.count())
+                 .join(audit_event, audit_event.c.instance_id == process_instance.c.id)
+                 .where(audit_event.c.type.in_(list(CASE_EVENTS)), *period(audit_event.c.at), *where)
+                 .group_by(day, key, clerk, instance, audit_event.c.type))
+        facts += [(d, f, c, i, CASE_EVENTS[t], n) for d, f, c, i, t, n in conn.execute(query).all()]
     # 2. office time of the cases completed, from case_duration, with a histogram to find the median from
-    d = case_duration.c
-    day = _day_expr(conn, d.ended_at)
-    query = (of_case(day, key, clerk, instance, d.net_seconds, d.on_time, d.early, d.committed_seconds,
-                     d.statutory_seconds)
-             .join(case_duration, d.instance_id == process_instance.c.id)
-             .where(*period(d.ended_at), *where))
-    for day_, flow, clerk_, case_id, net, on_time, early, committed, statutory in conn.execute(query):
-        facts += [(day_, flow, clerk_, case_id, "dur_n", 1), (day_, flow, clerk_, case_id, "dur_net", net),
-                  (day_, flow, clerk_, case_id, net // HISTOGRAM_BUCKET_SECONDS, 1)]
-        if on_time:
-            facts.append((day_, flow, clerk_, case_id, "dur_on_time", 1))
-        if early:
-            facts.append((day_, flow, clerk_, case_id, "dur_early", 1))
-        if committed is not None:
-            facts += [(day_, flow, clerk_, case_id, "dur_net_c", net),
-                      (day_, flow, clerk_, case_id, "dur_committed", committed)]
-        if statutory is not None:
-            facts += [(day_, flow, clerk_, case_id, "dur_net_s", net),
-                      (day_, flow, clerk_, case_id, "dur_statutory", statutory)]
+    if "durations" in parts:
+        d = case_duration.c
+        day = _day_expr(conn, d.ended_at)
+        query = (of_case(day, key, clerk, instance, d.net_seconds, d.on_time, d.early, d.committed_seconds,
+                         d.statutory_seconds)
+                 .join(case_duration, d.instance_id == process_instance.c.id)
+                 .where(*period(d.ended_at), *where))
+        for day_, flow, clerk_, case_id, net, on_time, early, committed, statutory in conn.execute(query).all():
+            facts += [(day_, flow, clerk_, case_id, "dur_n", 1), (day_, flow, clerk_, case_id, "dur_net", net),
+                      (day_, flow, clerk_, case_id, net // HISTOGRAM_BUCKET_SECONDS, 1)]
+            if on_time:
+                facts.append((day_, flow, clerk_, case_id, "dur_on_time", 1))
+            if early:
+                facts.append((day_, flow, clerk_, case_id, "dur_early", 1))
+            if committed is not None:
+                facts += [(day_, flow, clerk_, case_id, "dur_net_c", net),
+                          (day_, flow, clerk_, case_id, "dur_committed", committed)]
+            if statutory is not None:
+                facts += [(day_, flow, clerk_, case_id, "dur_net_s", net),
+                          (day_, flow, clerk_, case_id, "dur_statutory", statutory)]
     # 3. the light each completed case ended with
-    day = _day_expr(conn, process_instance.c.ended_at)
-    query = (of_case(day, key, clerk, instance, process_instance.c.light)
-             .where(process_instance.c.status == "completed", *period(process_instance.c.ended_at), *where))
-    facts += [(d_, f, c, i, "cases_" + _light_name(light), 1) for d_, f, c, i, light in conn.execute(query)]
+    if "lights" in parts:
+        day = _day_expr(conn, process_instance.c.ended_at)
+        query = (of_case(day, key, clerk, instance, process_instance.c.light)
+                 .where(process_instance.c.status == "completed", *period(process_instance.c.ended_at), *where))
+        facts += [(d_, f, c, i, "cases_" + _light_name(light), 1) for d_, f, c, i, light in conn.execute(query).all()]
     # 4. 好差评 ratings, on the day given
-    day = _day_expr(conn, rating.c.rated_at)
-    query = (of_case(day, key, clerk, instance, rating.c.score)
-             .join(rating, rating.c.instance_id == process_instance.c.id)
-             .where(*period(rating.c.rated_at), *where))
-    for d_, f, c, i, score in conn.execute(query):
-        facts += [(d_, f, c, i, "ratings", 1), (d_, f, c, i, "rating_sum", score)]
-        if score >= 4:
-            facts.append((d_, f, c, i, "rating_satisfied", 1))
+    if "ratings" in parts:
+        day = _day_expr(conn, rating.c.rated_at)
+        query = (of_case(day, key, clerk, instance, rating.c.score)
+                 .join(rating, rating.c.instance_id == process_instance.c.id)
+                 .where(*period(rating.c.rated_at), *where))
+        for d_, f, c, i, score in conn.execute(query).all():
+            facts += [(d_, f, c, i, "ratings", 1), (d_, f, c, i, "rating_sum", score)]
+            if score >= 4:
+                facts.append((d_, f, c, i, "rating_satisfied", 1))
     return facts
 
 
@@ -568,16 +583,22 @@ def _case_keysets(conn, groups: _Groups, instances, as_of: datetime | None, sinc
     """
     pairs: dict[int, set] = {}
     before: dict[int, set] = {}
+    text = cast(human_task.c.departments, String)
+    # Steps created before `since` are told apart in SQL: reading their moments costs more than the rest.
+    earlier = case((human_task.c.created_at < since, 1), else_=0) if since is not None else literal_column("0")
+    parsed: dict[str, list] = {}
     for chunk in _chunks(conn, list(instances)):
-        query = select(human_task.c.instance_id, human_task.c.departments, human_task.c.bpmn_id,
-                       human_task.c.created_at).where(human_task.c.instance_id.in_(chunk))
+        query = (select(human_task.c.instance_id, text, human_task.c.bpmn_id, earlier)
+                 .where(_among(conn, human_task.c.instance_id, chunk)).distinct())
         if as_of is not None:
             query = query.where(human_task.c.created_at < as_of)
-        for instance, departments, bpmn_id, created_at in conn.execute(query):
-            found = {(dept, bpmn_id) for dept in _departments(departments)}
-            pairs.setdefault(instance, set()).update(found)
-            if since is not None and created_at < since:
-                before.setdefault(instance, set()).update(found)
+        for instance, departments, bpmn_id, is_earlier in conn.execute(query).all():
+            found = parsed.get(departments)
+            if found is None:
+                found = parsed[departments] = _departments(json.loads(departments))
+            pairs.setdefault(instance, set()).update((dept, bpmn_id) for dept in found)
+            if is_earlier:
+                before.setdefault(instance, set()).update((dept, bpmn_id) for dept in found)
     keysets = {}
     for instance in instances:
         keys = _keys(pairs.get(instance, ()))
@@ -594,7 +615,8 @@ def _keys(pairs) -> set:
     return keys
 
 
-def _task_facts(conn, lo: datetime | None, hi: datetime, case_where: list, groups: _Groups, calendar) -> None:
+def _task_facts(conn, lo: datetime | None, hi: datetime, case_where: list, groups: _Groups, calendar,
+                parts: frozenset = PARTS) -> None:
     """Step figures of [lo, hi): events of steps, steps finished, under each step's own department and item."""
     key, clerk = process_definition.c.key, process_instance.c.started_by
     text = cast(human_task.c.departments, String)
@@ -616,85 +638,113 @@ def _task_facts(conn, lo: datetime | None, hi: datetime, case_where: list, group
         return [column < hi] if lo is None else [column >= lo, column < hi]
 
     # 1. step-level audit events by type
-    day = _day_expr(conn, audit_event.c.at)
-    query = (select(day, key, clerk, text, human_task.c.bpmn_id, audit_event.c.type, func.count())
-             .select_from(audit_event.join(process_instance, process_instance.c.id == audit_event.c.instance_id)
-                          .join(process_definition, process_definition.c.id == process_instance.c.definition_id)
-                          .outerjoin(human_task, human_task.c.id == audit_event.c.task_id))
-             .where(audit_event.c.type.in_(list(TASK_EVENTS)), *period(audit_event.c.at), *case_where)
-             .group_by(day, key, clerk, text, human_task.c.bpmn_id, audit_event.c.type))
-    for day_, flow, clerk_, departments, bpmn_id, type_, n in conn.execute(query):
-        groups.add(day_, flow, clerk_, keysets(departments, bpmn_id)[0], False, TASK_EVENTS[type_], n)
-    # 2. steps finished: by light, and per department completed, late, closed without a decision
+    if "events" in parts:
+        day = _day_expr(conn, audit_event.c.at)
+        query = (select(day, key, clerk, text, human_task.c.bpmn_id, audit_event.c.type, func.count())
+                 .select_from(audit_event.join(process_instance, process_instance.c.id == audit_event.c.instance_id)
+                              .join(process_definition, process_definition.c.id == process_instance.c.definition_id)
+                              .outerjoin(human_task, human_task.c.id == audit_event.c.task_id))
+                 .where(audit_event.c.type.in_(list(TASK_EVENTS)), *period(audit_event.c.at), *case_where)
+                 .group_by(day, key, clerk, text, human_task.c.bpmn_id, audit_event.c.type))
+        for day_, flow, clerk_, departments, bpmn_id, type_, n in conn.execute(query).all():
+            groups.add(day_, flow, clerk_, keysets(departments, bpmn_id)[0], False, TASK_EVENTS[type_], n)
+    # 2. steps finished: by light, and per department completed, late, closed without a decision, and (with a
+    # calendar) the office time each completed step took, for the ranking's speed per department
+    if "steps" not in parts:
+        return
     day = _day_expr(conn, human_task.c.completed_at)
     light = func.coalesce(human_task.c.light, "green")
-    late = and_(human_task.c.due_at.is_not(None), human_task.c.completed_at > human_task.c.due_at)
-    query = (select(day, key, clerk, text, human_task.c.bpmn_id, human_task.c.status, light, func.count(),
-                    func.sum(case((late, 1), else_=0)))
+    late = case((and_(human_task.c.due_at.is_not(None), human_task.c.completed_at > human_task.c.due_at), 1), else_=0)
+    columns = [day, key, clerk, text, human_task.c.bpmn_id, human_task.c.status, light]
+    if calendar is None:
+        columns += [func.count(), func.sum(late)]
+    else:
+        columns += [literal_column("1"), late, human_task.c.created_at, human_task.c.completed_at]
+    query = (select(*columns)
              .select_from(human_task.join(process_instance, process_instance.c.id == human_task.c.instance_id)
                           .join(process_definition, process_definition.c.id == process_instance.c.definition_id))
              .where(*period(human_task.c.completed_at), human_task.c.status.in_(["completed", "cancelled"]),
-                    *case_where)
-             .group_by(day, key, clerk, text, human_task.c.bpmn_id, human_task.c.status, light))
-    for day_, flow, clerk_, departments, bpmn_id, status, light_, n, late_n in conn.execute(query):
+                    *case_where))
+    if calendar is None:
+        query = query.group_by(*columns[:7])
+    for day_, flow, clerk_, departments, bpmn_id, status, light_, n, late_n, *moments in conn.execute(query).all():
         every, steps = keysets(departments, bpmn_id)
         if status == "completed":
             groups.add(day_, flow, clerk_, every, False, "tasks_" + _light_name(light_), n)
             groups.add(day_, flow, clerk_, steps, True, "step_completed", n)
             if late_n:
                 groups.add(day_, flow, clerk_, steps, True, "step_late", int(late_n))
+            if moments:
+                seconds = round(calendar.working_seconds_between(*moments))
+                groups.add(day_, flow, clerk_, steps, True, "step_seconds", seconds)
         else:
             groups.add(day_, flow, clerk_, steps, True, "step_closed", n)
-    if calendar is None:
-        return
-    # 3. the office time each completed step took, for the ranking's speed per department
-    query = (select(day, key, clerk, text, human_task.c.bpmn_id, human_task.c.created_at, human_task.c.completed_at)
-             .select_from(human_task.join(process_instance, process_instance.c.id == human_task.c.instance_id)
-                          .join(process_definition, process_definition.c.id == process_instance.c.definition_id))
-             .where(*period(human_task.c.completed_at), human_task.c.status == "completed", *case_where))
-    for day_, flow, clerk_, departments, bpmn_id, created_at, completed_at in conn.execute(query):
-        seconds = round(calendar.working_seconds_between(created_at, completed_at))
-        groups.add(day_, flow, clerk_, keysets(departments, bpmn_id)[1], True, "step_seconds", seconds)
 
 
-def _chunks(conn, items: list) -> list[list]:
-    size = 900 if conn.dialect.name == "sqlite" else 5000   # bound parameters per statement
+def _chunks(conn, items: list, size: int = 50000) -> list[list]:
+    size = min(size, 900) if conn.dialect.name == "sqlite" else size   # SQLite: bound parameters per statement
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def _cases_with_tasks_created(conn, since: datetime, until: datetime | None = None) -> list[int]:
-    """Cases that got a step in [since, until): each step's creation is recorded as a task_created event."""
+def _among(conn, column, ids: list[int]):
+    """column IN ids; on PostgreSQL as one array parameter, which costs nothing to send however long."""
+    if conn.dialect.name == "sqlite":
+        return column.in_(ids)
+    return column == any_(bindparam("ids", ids, type_=ARRAY(Integer), unique=True))
+
+
+def _cases_with_tasks_created(conn, since: datetime, until: datetime | None = None, task_where=()) -> list[int]:
+    """Cases that got a step (one `task_where` takes) in [since, until): each is recorded as a task_created event."""
     query = select(audit_event.c.instance_id).distinct().where(
         audit_event.c.type == "task_created", audit_event.c.at >= since, audit_event.c.instance_id.is_not(None))
     if until is not None:
         query = query.where(audit_event.c.at < until)
+    if task_where:
+        query = query.join(human_task, human_task.c.id == audit_event.c.task_id).where(*task_where)
     return list(conn.execute(query).scalars())
 
 
-def roll_up(db: Database, now: datetime | None = None, max_days: int | None = None) -> int:
+def roll_up(db: Database, now: datetime | None = None, max_days: int | None = None, wait: bool = True) -> int:
     """Store the figures of every finished local day not yet rolled up; returns the number of days added.
 
     A day is finished an hour after its local midnight has passed, so every transaction that could still
     record something dated that day has committed; nothing is recorded later with an earlier date. Cases
     that gain a department or step later move their earlier figures along as the following days are rolled;
     a case migration to another version makes the days since the migrated case started count again.
+    Without `wait` (a request), nothing is rolled while another process is rolling up.
     """
     now = now or db.config.now()
     refresh_durations(db)
     last = (now - ROLL_MARGIN).astimezone(LOCAL_TZ).date() - timedelta(days=1)
     added = 0
     while max_days is None or added < max_days:
+        with db.read() as conn:
+            if not _roll_due(conn, last):
+                break
         budget = None if max_days is None else max_days - added
-        days = db.run(lambda conn: _roll_chunk(db, conn, now, last, budget))
+        days = db.run(lambda conn: _roll_chunk(db, conn, now, last, budget, wait))
         if not days:
             break
         added += days
     return added
 
 
-def _roll_chunk(db: Database, conn, now: datetime, last: date, budget: int | None) -> int:
+def _roll_due(conn, last: date) -> bool:
+    """Whether a finished day is not rolled up yet or a migration asks for days to be counted again."""
+    state = _roll_state(conn)
+    rolled_until = state["rolled_until"]
+    if rolled_until is None:
+        started = conn.execute(select(func.min(process_instance.c.started_at))).scalar()
+        return started is not None and started.astimezone(LOCAL_TZ).date() <= last
+    earliest, _seen = _pending_migrations(conn, state, None)
+    return rolled_until <= last or (earliest is not None and earliest < rolled_until)
+
+
+def _roll_chunk(db: Database, conn, now: datetime, last: date, budget: int | None, wait: bool = True) -> int:
     """Roll up to a month of days in one transaction, holding the roll-up row so one process rolls at a time."""
-    state = _roll_state(conn, lock=True)
+    state = _roll_state(conn, lock=True, wait=wait)
+    if state is None:
+        return 0          # another process is rolling up
     rolled_until = state["rolled_until"]
     earliest, seen = _pending_migrations(conn, state, now)
     if rolled_until is not None and earliest is not None and earliest < rolled_until:
@@ -721,15 +771,17 @@ def _roll_chunk(db: Database, conn, now: datetime, last: date, budget: int | Non
     return (stop - first).days
 
 
-def _roll_state(conn, lock: bool = False) -> dict:
+def _roll_state(conn, lock: bool = False, wait: bool = True) -> dict | None:
+    """The roll-up's row; with `lock`, held for the transaction (None when another holds it and not `wait`)."""
     query = select(supervision_roll).where(supervision_roll.c.id == 1)
-    row = conn.execute(query.with_for_update() if lock else query).mappings().first()
-    if row is None and lock:
-        insert = sqlite_insert if conn.dialect.name == "sqlite" else pg_insert
-        conn.execute(insert(supervision_roll).on_conflict_do_nothing(),
-                     {"id": 1, "rolled_until": None, "checked_at": None, "seen": []})
-        row = conn.execute(query.with_for_update()).mappings().first()
-    return dict(row) if row is not None else {"rolled_until": None, "checked_at": None, "seen": []}
+    if not lock:
+        row = conn.execute(query).mappings().first()
+        return dict(row) if row is not None else {"rolled_until": None, "checked_at": None, "seen": []}
+    insert = sqlite_insert if conn.dialect.name == "sqlite" else pg_insert
+    conn.execute(insert(supervision_roll).on_conflict_do_nothing(),
+                 {"id": 1, "rolled_until": None, "checked_at": None, "seen": []})
+    row = conn.execute(query.with_for_update(skip_locked=not wait)).mappings().first()
+    return dict(row) if row is not None else None
 
 
 def _save_roll_state(conn, rolled_until: date | None, now: datetime, seen: list[str]) -> None:
@@ -786,7 +838,7 @@ def _merge_days(conn, measured: dict) -> None:
     wanted = {(_as_date(day), flow, clerk, dept, item): values
               for (day, flow, clerk, dept, item), values in measured.items()}
     keys = list(wanted)
-    for chunk in _chunks(conn, keys):
+    for chunk in _chunks(conn, keys, 150):
         for row in conn.execute(select(t).where(tuple_(*columns).in_(chunk))).mappings():
             values = wanted[(_as_date(row["day"]), row["flow"], row["clerk"], row["department"], row["item"])]
             for name in FIGURES:
@@ -876,8 +928,12 @@ def _case_scope(scope) -> list:
                            *_task_scope(scope))]
 
 
-def _median(conn, lo, hi, case_where, histogram: dict[int, int]) -> float | None:
-    """The exact median office time: the histogram names the bucket, an index range scan reads only that bucket."""
+def _median(conn, lo, hi, filters: dict, histogram: dict[int, int]) -> float | None:
+    """The exact median office time: the histogram names the bucket and the rank in it; only that bucket is read.
+
+    Under a department or item filter the bucket's cases are checked for such a step a batch at a time, from
+    the end of the bucket nearer to the rank, until the rank is reached.
+    """
     total = sum(histogram.values())
     if not total:
         return None
@@ -888,17 +944,52 @@ def _median(conn, lo, hi, case_where, histogram: dict[int, int]) -> float | None
         if seen + histogram[bucket] >= first_rank:
             break
         seen += histogram[bucket]
-    source = case_duration
-    if case_where:
-        source = (case_duration.join(process_instance, process_instance.c.id == case_duration.c.instance_id)
-                  .join(process_definition, process_definition.c.id == process_instance.c.definition_id))
-    # from the bucket on, so a second rank that falls into the next bucket is read too
-    query = (select(case_duration.c.net_seconds).select_from(source)
-             .where(case_duration.c.net_seconds >= bucket * HISTOGRAM_BUCKET_SECONDS,
-                    case_duration.c.ended_at >= lo, case_duration.c.ended_at < hi, *case_where)
-             .order_by(case_duration.c.net_seconds).offset(first_rank - seen - 1).limit(wanted))
-    values = list(conn.execute(query).scalars())
-    return float(stats_lib.fmean(values))
+    rank, count = first_rank - seen, histogram[bucket]      # 1-based rank among the bucket's `count` cases
+    rows = _bucket_rows(conn, lo, hi, filters, bucket)
+    if rank - 1 <= count - rank:
+        values = _taking(conn, filters, rows, rank + wanted - 1)[rank - 1:]
+    else:
+        from_top = _taking(conn, filters, rows[::-1], count - rank + 1)
+        values = from_top[::-1][:wanted]
+    if len(values) < wanted:               # the next rank is the smallest value of the next bucket
+        following = min((b for b in histogram if b > bucket), default=None)
+        if following is not None:
+            values += _taking(conn, filters, _bucket_rows(conn, lo, hi, filters, following), 1)
+    return float(stats_lib.fmean(values)) if values else None
+
+
+def _bucket_rows(conn, lo, hi, filters: dict, bucket: int) -> list[tuple[int, int]]:
+    """(case, office time) in one histogram bucket of the cases completed in [lo, hi) of the flow and clerk, sorted."""
+    d = case_duration.c
+    # The bucket is the narrow condition. OFFSET 0 keeps it a subquery that PostgreSQL reads by the net_seconds
+    # index, also in a generic plan of the (auto-prepared) statement, which would rather use ended_at's.
+    in_bucket = (select(d.instance_id, d.net_seconds, d.ended_at)
+                 .where(d.net_seconds >= bucket * HISTOGRAM_BUCKET_SECONDS,
+                        d.net_seconds < (bucket + 1) * HISTOGRAM_BUCKET_SECONDS).offset(0).subquery())
+    query = select(in_bucket.c.instance_id, in_bucket.c.net_seconds).where(
+        in_bucket.c.ended_at >= lo, in_bucket.c.ended_at < hi)
+    if filters["flow"] or filters["clerk"]:
+        query = query.join(process_instance, process_instance.c.id == in_bucket.c.instance_id).where(
+            *_case_filters({**filters, "department": None, "item": None}, None))
+        if filters["flow"]:
+            query = query.join(process_definition, process_definition.c.id == process_instance.c.definition_id)
+    return sorted(conn.execute(query).all(), key=lambda row: (row[1], row[0]))
+
+
+def _taking(conn, filters: dict, rows: list, needed: int) -> list[int]:
+    """The office times of the first `needed` of `rows` whose cases the department and item filters take."""
+    task_where = _task_filters(filters)
+    if not task_where:
+        return [row[1] for row in rows[:needed]]
+    taken: list[int] = []
+    for start in range(0, len(rows), MEDIAN_BATCH):
+        batch = rows[start:start + MEDIAN_BATCH]
+        having = set(conn.execute(select(human_task.c.instance_id).distinct().where(
+            _among(conn, human_task.c.instance_id, [row[0] for row in batch]), *task_where)).scalars())
+        taken += [row[1] for row in batch if row[0] in having]
+        if len(taken) >= needed:
+            return taken[:needed]
+    return taken
 
 
 def _day_expr(conn, column):

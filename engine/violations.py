@@ -195,7 +195,7 @@ def ranking(db: Database, user: User, month: str | None = None, now: datetime | 
     first = _month(month) if month else now.astimezone(LOCAL_TZ).date().replace(day=1)
     following = (first.replace(day=28) + timedelta(days=4)).replace(day=1)
     start, end = _local_midnight(first), _local_midnight(following)
-    supervision.roll_up(db, now, max_days=supervision.REQUEST_ROLL_UP_DAYS)
+    supervision.roll_up(db, now, max_days=supervision.REQUEST_ROLL_UP_DAYS, wait=False)
     with supervision.read_snapshot(db) as conn:
         calendar = calendar_for(db, conn)
         per_day = calendar.office_hours.seconds_per_day

@@ -2,16 +2,17 @@
 from __future__ import annotations
 
 from collections import Counter
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
 import time_machine
 from sqlalchemy import delete, select, text, update
 
-from engine import accounts, lights, ratings, runtime, supervision, timers, violations, worklist
+from engine import accounts, lights, migration, ratings, runtime, supervision, timers, violations, worklist
 from engine.errors import Conflict, InvalidInput, NotFound, PermissionDenied
-from engine.store import audit_event, human_task, process_instance, violation, violation_note
+from engine.store import (audit_event, case_duration, human_task, process_instance, supervision_day, supervision_roll,
+                          violation, violation_note)
 from tests.conftest import REPO, deploy_text
 
 CST = ZoneInfo("Asia/Shanghai")
@@ -354,3 +355,235 @@ def test_a_request_rolls_up_a_bounded_number_of_days_and_counts_the_rest_live(db
     assert partial == live
     assert supervision.roll_up(db, at("2026-11-23 12:00")) == (date(2026, 11, 23) - date(2026, 6, 3)).days
     assert supervision.roll_up(db, at("2026-11-23 12:00")) == 0
+
+
+# --- every filter from the roll-up, equal to counting live -----------------------------------------
+
+# Each filter the statistics page offers, alone and combined; the lead's own statistics are forced to swj.
+FILTERS = [
+    {}, {"flow": "time_limits"}, {"department_key": "gaj"}, {"department_key": "swj"}, {"department_key": "window"},
+    {"item": "review_swj"}, {"item": "intake"}, {"item": "supplement"}, {"clerk": "window1"}, {"clerk": "window2"},
+    {"department_key": "gaj", "clerk": "window1"}, {"department_key": "gaj", "item": "review_gaj"},
+    {"department_key": "swj", "item": "review_gaj"}, {"flow": "time_limits", "clerk": "window1", "item": "review_swj"},
+    {"flow": "no_such_flow", "department_key": "gaj"},
+]
+MONTHS = ("2026-04", "2026-05", "2026-09", "2026-10", "2026-11")
+
+
+def forget_roll_up(db):
+    """Empty the roll-up, so the next figures are counted live from the audit trail."""
+    with db.write() as conn:
+        conn.execute(delete(supervision_day))
+        conn.execute(delete(supervision_roll))
+
+
+def every_reading(db, people, now: datetime) -> dict:
+    """Statistics for every filter (and the lead's), and the rankings of the history's months, as of `now`."""
+    found = {repr(f): supervision.statistics(db, people["admin"], "2026-01-01", "2026-12-31", now=now, **f)
+             for f in FILTERS}
+    found["lead"] = supervision.statistics(db, people["swjlead"], "2026-01-01", "2026-12-31", now=now)
+    found["lead gaj step"] = supervision.statistics(db, people["swjlead"], "2026-01-01", "2026-12-31", now=now,
+                                                    item="review_gaj", clerk="window1")
+    found["autumn"] = supervision.statistics(db, people["admin"], "2026-09-15", "2026-10-20", now=now,
+                                             department_key="gaj")
+    for month in MONTHS:
+        found[month] = violations.ranking(db, people["supervisor"], month, now=now)
+    return found
+
+
+def rolled_until(db) -> str | None:
+    with db.read() as conn:
+        found = supervision._rolled_until(conn)
+    return found.isoformat() if found else None
+
+
+def test_every_filter_reads_the_same_figures_rolled_up_live_or_straddling(db, people, history):
+    # Nothing rolled up: every figure is counted live from the trail.
+    live = every_reading(db, people, at("2026-01-05 12:00"))
+    assert rolled_until(db) is None
+    # Rolled up to a day, then counted live from it: the boundaries cut through every case of the history.
+    # 10-01: C received and paused (09-30), its departments' steps only come 10-09, after the boundary.
+    # 10-20: D's gaj step done, its swj step sent back that day; 05-01: B's steps still open.
+    for boundary in ("2026-04-03", "2026-05-01", "2026-10-01", "2026-10-10", "2026-10-20", "2026-11-03",
+                     "2026-11-23"):
+        now = at(f"{boundary} 12:00")
+        supervision.roll_up(db, now)
+        assert rolled_until(db) == boundary
+        assert every_reading(db, people, now) == live, f"rolled up to {boundary}"
+    # Rolled up in one go: the same.
+    forget_roll_up(db)
+    supervision.roll_up(db, at("2026-11-23 12:00"))
+    assert every_reading(db, people, at("2026-11-23 12:00")) == live
+
+
+def test_a_case_gaining_a_department_after_its_days_were_rolled_up_counts_under_it(db, people):
+    # Received and sent to 补正 on 09-30; the departments' steps come on 10-09, once the applicant supplied.
+    with time_machine.travel(at("2026-09-30 10:00"), tick=False):
+        case = runtime.start_case(db, "time_limits", {"applicant": "补正公司"}, "window1")
+    complete(db, people["window1"], "intake", case, "2026-09-30 11:00", {"decision": "supplement"})
+    supervision.roll_up(db, at("2026-10-05 12:00"))                # 09-30 .. 10-04 rolled up without gaj
+    gaj = {"department_key": "gaj"}
+    assert supervision.statistics(db, people["admin"], "2026-09-01", "2026-10-31", now=at("2026-10-05 12:00"),
+                                  **gaj)["figures"]["received"] == 0
+    complete(db, people["window1"], "supplement", case, "2026-10-09 10:00")
+    complete(db, people["window1"], "intake", case, "2026-10-09 10:30", {"decision": "accept"})
+    # Read as of 10-05 (nothing more rolled up), the query adds the case's earlier figures itself; read on
+    # 10-12, the request's roll-up has moved them under gaj.
+    for now in ("2026-10-05 12:00", "2026-10-12 12:00"):
+        f = supervision.statistics(db, people["admin"], "2026-09-01", "2026-10-31", now=at(now), **gaj)["figures"]
+        assert (f["received"], f["pauses"]) == (1, 1), now
+    assert rolled_until(db) == "2026-10-12"
+
+
+def test_hand_computed_figures_for_more_filters(db, people, history):
+    supervision.roll_up(db, at("2026-10-20 12:00"))      # part rolled up, part live: the same figures
+
+    def year(db, user, **filters):
+        return supervision.statistics(db, user, "2026-01-01", "2026-12-31", now=at("2026-10-20 12:00"), **filters)
+    window = year(db, people["admin"], department_key="window")["figures"]
+    # Every case has window steps (intake; C also 补正); no window step was late, warned or deemed.
+    assert (window["received"], window["completed"], window["tasks_overdue"], window["pauses"]) == (5, 4, 0, 1)
+    assert window["tasks_completed"] == 7
+    swj = year(db, people["admin"], department_key="swj")["figures"]
+    # swj steps: B's and C's red, D's sent back; their cases: all five.
+    assert (swj["received"], swj["tasks_overdue"], swj["send_backs"], swj["task_warnings"]) == (5, 2, 1, 0)
+    both = year(db, people["admin"], department_key="gaj", clerk="window2")["figures"]
+    assert (both["received"], both["completed"], both["median_working_days"]) == (1, 1, 1.0)
+    nothing = year(db, people["admin"], department_key="swj", item="review_gaj")["figures"]
+    assert (nothing["received"], nothing["completion_rate"], nothing["median_working_days"]) == (0, None, None)
+    supplement = year(db, people["admin"], item="supplement")
+    # Only C went through 补正: received 09-30, completed late 10-16 after 43 office hours.
+    f = supplement["figures"]
+    assert (f["received"], f["completed"], f["on_time"], f["pauses"], f["cases_overdue"]) == (1, 1, 0, 1, 1)
+    assert f["average_working_days"] == f["median_working_days"] == round(43 / 7, 2)
+    assert [d["department"] for d in supplement["departments"]] == ["window"]
+    assert year(db, people["swjlead"])["figures"] == year(db, people["admin"], department_key="swj")["figures"]
+    assert rolled_until(db) == "2026-10-20"
+
+
+def test_migrating_a_running_case_counts_its_days_again(db, people, history):
+    supervision.roll_up(db, at("2026-11-23 12:00"))
+    # Version 2 moves the gaj review to 人社局's lane; D's open redo of it moves with the case.
+    deploy_text(db, "time_limits.bpmn", LIMITS.replace('<bpmn:lane id="lane_gaj" name="公安局">',
+                                                       '<bpmn:lane id="lane_gaj" name="人社局">'))
+    with time_machine.travel(at("2026-11-23 13:00"), tick=False):
+        migration.migrate_case(db, history["D"]["id"], 2, people["admin"])
+    assert rolled_until(db) == "2026-10-19"      # D's days count live until they are rolled up again
+    now = at("2026-11-23 14:00")
+    rolled = {k: supervision.statistics(db, people["admin"], "2026-01-01", "2026-12-31", now=now, department_key=k)
+              for k in ("gaj", "rsj")}
+    assert rolled["rsj"]["figures"]["received"] == 1           # D, received 10-19, now has an rsj step
+    assert rolled_until(db) == "2026-11-23"                      # the request rolled them up again
+    supervision.roll_up(db, at("2026-11-24 12:00"))
+    assert rolled_until(db) == "2026-11-24"
+    again = {k: supervision.statistics(db, people["admin"], "2026-01-01", "2026-12-31", now=now, department_key=k)
+             for k in ("gaj", "rsj")}
+    forget_roll_up(db)
+    live = {k: supervision.statistics(db, people["admin"], "2026-01-01", "2026-12-31", now=at("2026-01-05 12:00"),
+                                      department_key=k) for k in ("gaj", "rsj")}
+    assert rolled == again == live
+    assert supervision.roll_up(db, at("2026-11-24 12:00")) > 0 and rolled_until(db) == "2026-11-24"
+
+
+def test_two_roll_ups_at_once_roll_each_day_once(db, people, history):
+    import threading
+    results, errors = [], []
+
+    def roll():
+        try:
+            results.append(supervision.roll_up(db, at("2026-11-23 12:00")))
+        except Exception as exc:       # noqa: BLE001 - reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=roll) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sum(results) == (date(2026, 11, 23) - date(2026, 4, 2)).days
+    rolled = year(db, people["admin"], department_key="gaj")
+    forget_roll_up(db)
+    assert supervision.statistics(db, people["admin"], "2026-01-01", "2026-12-31", now=at("2026-01-05 12:00"),
+                                  department_key="gaj") == rolled
+
+
+def test_the_median_is_exact_for_every_filter_and_period(db, people):
+    """Sixty completed cases crowded into a few histogram buckets, checked against sorting their office times."""
+    import random
+    rng = random.Random(7)
+    items = {"review_a": ["gaj"], "review_b": ["swj"], "review_c": ["gaj", "swj"], "review_d": []}
+    with db.write() as conn:
+        definition = conn.execute(select(process_instance.c.definition_id)).scalar() or conn.execute(
+            text("SELECT id FROM process_definition")).scalar()
+        cases = []
+        for n in range(60):
+            started = datetime(2026, 3, 2, 1, 0, tzinfo=timezone.utc) + timedelta(days=rng.randint(0, 70))
+            ended = started + timedelta(days=rng.randint(0, 5), hours=rng.randint(0, 8))
+            net = rng.choice((30000, 31500, 60000, 90000)) + rng.randint(0, 2400)
+            steps = rng.sample(sorted(items), rng.randint(1, 3))
+            clerk = rng.choice(("c1", "c2", "c3"))
+            instance = conn.execute(process_instance.insert().values(
+                definition_id=definition, case_no=f"M{n:04d}", status="completed", revision=1, started_by=clerk,
+                started_at=started, ended_at=ended)).inserted_primary_key[0]
+            conn.execute(case_duration.insert().values(
+                instance_id=instance, ended_at=ended, taken_seconds=net, paused_seconds=0, net_seconds=net,
+                committed_seconds=None, statutory_seconds=None, on_time=True, early=False))
+            for step in steps:
+                conn.execute(human_task.insert().values(
+                    instance_id=instance, task_guid=f"g{n}-{step}", bpmn_id=step, departments=items[step],
+                    status="completed", created_at=started, completed_at=ended))
+            cases.append((ended, clerk, net, {(d, step) for step in steps for d in (items[step] or ["window"])}))
+
+    def expected(first, last, department_key=None, item=None, clerk=None):
+        values = sorted(net for ended, by, net, pairs in cases
+                        if first <= ended.astimezone(CST).date() <= last and clerk in (None, by)
+                        and any(department_key in (None, d) and item in (None, i) for d, i in pairs))
+        if not values:
+            return None
+        middle = len(values) // 2
+        value = values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
+        return round(value / (7 * HOUR), 2)
+
+    filters = [{}, {"department_key": "gaj"}, {"department_key": "swj"}, {"department_key": "window"},
+               {"item": "review_c"}, {"item": "review_d"}, {"clerk": "c2"}, {"department_key": "gaj", "clerk": "c1"},
+               {"department_key": "swj", "item": "review_b"}]
+    periods = [(date(2026, 3, 1), date(2026, 6, 30)), (date(2026, 3, 10), date(2026, 4, 20)),
+               (date(2026, 4, 1), date(2026, 4, 30)), (date(2026, 5, 3), date(2026, 5, 9))]
+    checked = 0
+    for now in (at("2026-01-05 12:00"), at("2026-04-12 12:00"), at("2026-07-01 12:00")):   # live, half, rolled
+        supervision.roll_up(db, now)
+        for first, last in periods:
+            for f in filters:
+                found = supervision.statistics(db, people["admin"], first, last, now=now, **f)["figures"]
+                assert found["median_working_days"] == expected(first, last, **f), (now, first, last, f)
+                checked += found["median_working_days"] is not None
+    assert checked > 80
+
+
+@pytest.mark.postgres_only
+def test_a_request_does_not_wait_for_a_roll_up_in_progress(db, people, history):
+    live = supervision.statistics(db, people["admin"], "2026-01-01", "2026-12-31", now=at("2026-01-05 12:00"),
+                                  department_key="gaj")
+    db.run(lambda conn: supervision._roll_state(conn, lock=True))
+    with db.write() as conn:               # as the worker holds it while it rolls a month up
+        supervision._roll_state(conn, lock=True)
+        during = supervision.statistics(db, people["admin"], "2026-01-01", "2026-12-31",
+                                        now=at("2026-11-23 12:00"), department_key="gaj")
+    assert during == live
+    assert rolled_until(db) is None
+    assert supervision.roll_up(db, at("2026-11-23 12:00")) == (date(2026, 11, 23) - date(2026, 4, 2)).days
+
+
+def test_the_workers_hourly_job_rolls_up_every_finished_day(db, db_config, people, history):
+    with time_machine.travel(at("2026-11-23 12:00"), tick=False):
+        worker = timers.TimerScheduler(db_config)
+        try:
+            worker._run_statistics()          # what the "statistics" job runs every hour
+        finally:
+            worker.db.dispose()
+    assert worker.get_job("statistics") is not None
+    assert rolled_until(db) == "2026-11-23"
+    rolled = year(db, people["admin"], department_key="swj", clerk="window1")
+    forget_roll_up(db)
+    assert supervision.statistics(db, people["admin"], "2026-01-01", "2026-12-31", now=at("2026-01-05 12:00"),
+                                  department_key="swj", clerk="window1") == rolled

@@ -37,7 +37,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("clerk", "item", "department", "day", "flow", name=op.f("pk_supervision_day")),
     )
     op.create_index("ix_supervision_day_department_item_day", "supervision_day", ["department", "item", "day"])
-    op.create_table(
+    roll = op.create_table(
         "supervision_roll",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("rolled_until", sa.Date(), nullable=True),
@@ -45,6 +45,8 @@ def upgrade() -> None:
         sa.Column("seen", sa.JSON(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_supervision_roll")),
     )
+    # Its one row, there from the start, so no request waits on a first roll-up's uncommitted insert.
+    op.bulk_insert(roll, [{"id": 1, "rolled_until": None, "checked_at": None, "seen": []}])
 
 
 def downgrade() -> None:
