@@ -1,9 +1,14 @@
-"""Generate a year of supervision history in a scratch PostgreSQL database: N cases, 4 steps and 10 audit events each."""
+"""Generate a year of supervision history in a scratch PostgreSQL database: N cases, 4 steps and 10 audit events each.
+
+Ratings (a third of the completed cases) and the violations of the red events are generated too, and the
+statistics roll-up is then filled by the real roll-up code (engine.supervision.roll_up), as the worker would.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -12,7 +17,7 @@ if str(REPO) not in sys.path:  # runnable as `.venv/bin/python bench/gen_supervi
 
 from sqlalchemy import create_engine, make_url, text  # noqa: E402
 
-from engine import deploy, schema, seed  # noqa: E402
+from engine import deploy, schema, seed, supervision, timekeeping  # noqa: E402
 from engine.config import Config  # noqa: E402
 from engine.store import Database  # noqa: E402
 
@@ -23,6 +28,8 @@ CHEAP_PASSWORDS = {"password_time_cost": 1, "password_memory_kib": 64, "password
 # Departments the generated steps go to (the demo organisation's keys; index = i % 20).
 DEPARTMENTS = [key for key, _ in seed.DEPARTMENTS]
 START = "2025-11-24 00:00:00"     # UTC; the history covers the 365 days from here
+# "Now" for the roll-up and the benchmark: the end of the generated year, so the board's red items are overdue.
+NOW = datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc)
 OFFICE_DAY = 7 * 3600
 
 
@@ -46,7 +53,7 @@ def drop(server: str, name: str) -> None:
     admin.dispose()
 
 
-def generate(server: str, name: str, cases: int, log=print) -> str:
+def generate(server: str, name: str, cases: int, log=print, roll_up: bool = True) -> str:
     """Create (or replace) the scratch database and fill it; returns its URL."""
     drop(server, name)
     admin = create_engine(server, isolation_level="AUTOCOMMIT")
@@ -64,12 +71,13 @@ def generate(server: str, name: str, cases: int, log=print) -> str:
     params = {"n": cases, "def": definition, "start": START}
     # Cases: spread evenly over the year; the newest twelfth has every third case still running.
     # An ended case took 0..10 calendar days (a fixed pseudo-random spread), due in 7, statutory 28.
+    # Window clerks take blocks of 20 consecutive cases in turn, so each of them receives every department mix.
     steps = [
         ("cases", f"""
         INSERT INTO process_instance (id, definition_id, case_no, status, revision, applicant, started_by, started_at,
                                       ended_at, due_at, statutory_due_at, light)
         SELECT i, :def, 'B' || lpad(i::text, 10, '0'), CASE WHEN running THEN 'running' ELSE 'completed' END, 1,
-               '企业' || (i % 5000), 'window' || (1 + i % 20), s,
+               '企业' || (i % 5000), 'window' || (1 + (i / 20) % 20), s,
                CASE WHEN running THEN NULL ELSE s + took END, s + interval '7 days', s + interval '28 days',
                CASE WHEN running THEN (CASE WHEN i % 7 = 0 THEN 'red' WHEN i % 7 = 1 THEN 'yellow' ELSE 'green' END)
                     WHEN took > interval '7 days' THEN 'red' ELSE NULL END
@@ -137,6 +145,24 @@ def generate(server: str, name: str, cases: int, log=print) -> str:
         FROM (SELECT id, ended_at, due_at, (extract(epoch FROM ended_at - started_at) * 5 / 24)::int + 3600 AS taken,
                      CASE WHEN id % 60 = 3 THEN 3600 ELSE 0 END AS paused
               FROM process_instance WHERE status = 'completed') AS c"""),
+        # 好差评: a third of the completed cases rated a day after completion, scores 1..5 in turn; every
+        # fourth rating names the department of the first review.
+        ("ratings", f"""
+        INSERT INTO rating (instance_id, score, comment, department, rated_at)
+        SELECT id, 1 + (id * 7) % 5, NULL,
+               CASE WHEN id % 4 = 0 THEN ({departments})[1 + (id + 2) % {len(DEPARTMENTS)}] ELSE NULL END,
+               ended_at + interval '1 day'
+        FROM process_instance WHERE status = 'completed' AND id % 3 = 0"""),
+        # The violation record of each red event, as engine.violations.record_violations keeps them.
+        ("violations", """
+        INSERT INTO violation (source_key, kind, instance_id, task_id, bpmn_id, department, clerk, occurred_at, due_at)
+        SELECT kind || ':' || a.instance_id || ':' || coalesce(a.task_id::text, '-') || ':'
+                    || coalesce(t.departments ->> 0, '-'),
+               kind, a.instance_id, a.task_id, t.bpmn_id, t.departments ->> 0, t.assignee, a.at, t.due_at
+        FROM audit_event a LEFT JOIN human_task t ON t.id = a.task_id
+        CROSS JOIN LATERAL (SELECT CASE a.type WHEN 'task_red' THEN 'step_late' WHEN 'case_red' THEN 'case_late'
+                                   ELSE 'deemed_consent' END AS kind) AS k
+        WHERE a.type IN ('task_red', 'case_red', 'deemed_consent')"""),
         ("sequences", """
         SELECT setval(pg_get_serial_sequence('process_instance', 'id'), (SELECT max(id) FROM process_instance)),
                setval(pg_get_serial_sequence('human_task', 'id'), (SELECT max(id) FROM human_task)),
@@ -150,12 +176,34 @@ def generate(server: str, name: str, cases: int, log=print) -> str:
             began = time.perf_counter()
             conn.execute(text(sql), {k: v for k, v in params.items() if f":{k}" in sql})
             log(f"  {label:<15} {time.perf_counter() - began:7.1f} s")
+    engine.dispose()
+    if roll_up:
+        fill_roll_up(url, log)
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
         counts = {table: conn.execute(text(f"SELECT count(*) FROM {table}")).scalar()
-                  for table in ("process_instance", "human_task", "audit_event", "case_duration")}
+                  for table in ("process_instance", "human_task", "audit_event", "case_duration", "rating",
+                                "violation", "supervision_day")}
         size = conn.execute(text("SELECT pg_size_pretty(pg_database_size(current_database()))")).scalar()
     engine.dispose()
     log("  rows: " + ", ".join(f"{t} {n:,}" for t, n in counts.items()) + f"; database {size}")
     return url
+
+
+def fill_roll_up(url: str, log=print) -> int:
+    """Roll up every finished day with the engine's own code, as the worker's hourly job does; returns the days."""
+    db = Database(Config(database_url=url, clock=lambda: NOW))
+    timekeeping.forget_cached_calendar()
+    schema.upgrade(db)    # a database generated before the latest migration gets it first
+    began = time.perf_counter()
+    days = supervision.roll_up(db, NOW)
+    log(f"  {'roll-up':<15} {time.perf_counter() - began:7.1f} s  ({days} finished days)")
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text("VACUUM ANALYZE"))
+    engine.dispose()
+    db.dispose()
+    return days
 
 
 def main() -> None:
@@ -164,13 +212,20 @@ def main() -> None:
     parser.add_argument("--name", default=NAME, help="scratch database to create (replaced if it exists)")
     parser.add_argument("--cases", type=int, default=1_000_000)
     parser.add_argument("--drop", action="store_true", help="only drop the scratch database")
+    parser.add_argument("--no-roll-up", action="store_true",
+                        help="leave the statistics roll-up empty (statistics then count every day live)")
+    parser.add_argument("--roll-up-only", action="store_true",
+                        help="only roll up the finished days of an existing scratch database")
     args = parser.parse_args()
     if args.drop:
         drop(args.server, args.name)
         return
     began = time.perf_counter()
+    if args.roll_up_only:
+        fill_roll_up(database_url(args.server, args.name))
+        return
     print(f"generating {args.cases:,} cases into {args.name}")
-    generate(args.server, args.name, args.cases)
+    generate(args.server, args.name, args.cases, roll_up=not args.no_roll_up)
     print(f"done in {time.perf_counter() - began:.0f} s; drop it with --drop")
 
 
