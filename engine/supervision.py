@@ -300,9 +300,8 @@ def statistics(db: Database, user: User, start: date | str | None = None, end: d
                                      instances=_cases_with_tasks_created(conn, since,
                                                                          task_where=_task_filters(filters))))
         if _midnight(stop) < hi:
-            # Case figures go under departments and steps only when the filter names one.
             reading.add(_measure(conn, max(lo, _midnight(stop)), hi, want=reading.want, flow=filters["flow"],
-                                 clerk=filters["clerk"], by_step=bool(reading.department or reading.item)))
+                                 clerk=filters["clerk"], only=(reading.department, reading.item)))
         totals = reading.totals
         median = _median(conn, lo, hi, filters, reading.histogram)
         names = dict(conn.execute(select(department.c.key, department.c.name)).all())
@@ -360,7 +359,7 @@ def monthly_figures(conn, first: date, stop: date, calendar) -> tuple[dict, dict
             if clerk == ALL:
                 return STEPS if dept else None
             return EVERY if not dept else None
-        measured = _measure(conn, _midnight(until), _midnight(stop), want=want, calendar=calendar, by_step=False,
+        measured = _measure(conn, _midnight(until), _midnight(stop), want=want, calendar=calendar, only=(ALL, ALL),
                             parts=frozenset({"durations", "ratings", "steps"}))
         for (_day, _flow, clerk, dept, _item), values in measured.items():
             if clerk == ALL:
@@ -440,7 +439,7 @@ def _add(target: dict, values, names) -> None:
 
 def _measure(conn, lo: datetime | None, hi: datetime, want=None, flow: str | None = None, clerk: str | None = None,
              as_of: datetime | None = None, instances: list[int] | None = None, since: datetime | None = None,
-             calendar=None, by_step: bool = True, parts: frozenset = PARTS) -> dict[tuple, dict]:
+             calendar=None, only: tuple[str, str] | None = None, parts: frozenset = PARTS) -> dict[tuple, dict]:
     """Every summable figure of [lo, hi) as {(local day, flow, clerk, department, item): {figure: value}}.
 
     The one place figures are counted: statistics read it live for the days not rolled up, and roll_up stores
@@ -450,8 +449,10 @@ def _measure(conn, lo: datetime | None, hi: datetime, want=None, flow: str | Non
     With `instances` and `since`, only those cases' figures are counted, and only under the keys that their
     steps created from `since` on added. `want(clerk, department, item)` picks the keys: EVERY figure, only the
     STEPS figures, or None; a `calendar` adds step_seconds, the office time each completed step took.
-    Without `by_step`, case figures go under the "any department, any step" keys only; `parts` names the
-    kinds of figures to count (audit events, durations, lights, ratings, steps finished).
+    With `only` = (department, item) ("" for any), case figures are counted only for the cases that have such
+    a step now, summed in SQL and filed under that key alone: a live reading of one filter needs no more, and
+    a second way of counting that the tests hold against the roll-up's. `parts` names the kinds of figures to
+    count (audit events, durations, lights, ratings, steps finished).
     """
     groups = _Groups()
     case_where = []
@@ -459,10 +460,18 @@ def _measure(conn, lo: datetime | None, hi: datetime, want=None, flow: str | Non
         case_where.append(process_definition.c.key == flow)
     if clerk:
         case_where.append(process_instance.c.started_by == clerk)
-    if instances is None:
+    if instances is None and only is not None:
+        dept, item = only
+        where = list(case_where)
+        task_where = _task_filters({"department": dept or None, "item": item or None})
+        if task_where:
+            where.append(exists().where(human_task.c.instance_id == process_instance.c.id, *task_where))
+        facts = _case_facts(conn, lo, hi, where, parts, summed=True)
+        groups.add_cases(facts, {None: groups.keyset(frozenset({(dept, item)}))})
+        _task_facts(conn, lo, hi, case_where, groups, calendar, parts)
+    elif instances is None:
         facts = _case_facts(conn, lo, hi, case_where, parts)
-        keysets = _case_keysets(conn, groups, {fact[3] for fact in facts}, as_of, None) if by_step else {}
-        groups.add_cases(facts, keysets)
+        groups.add_cases(facts, _case_keysets(conn, groups, {fact[3] for fact in facts}, as_of, None))
         _task_facts(conn, lo, hi, case_where, groups, calendar, parts)
     else:
         for chunk in _chunks(conn, sorted(set(instances))):
@@ -517,8 +526,14 @@ class _Groups:
         return out
 
 
-def _case_facts(conn, lo: datetime | None, hi: datetime, where: list, parts: frozenset = PARTS) -> list[tuple]:
-    """Per case: (day, flow, clerk, case id, figure or histogram bucket, value) of its figures in [lo, hi)."""
+def _case_facts(conn, lo: datetime | None, hi: datetime, where: list, parts: frozenset = PARTS,
+                summed: bool = False) -> list[tuple]:
+    """Per case: (day, flow, clerk, case id, figure or histogram bucket, value) of its figures in [lo, hi).
+
+    `summed`: the same figures summed in SQL per day, flow and clerk, with None for the case.
+    """
+    if summed:
+        return _summed_case_facts(conn, lo, hi, where, parts)
     def period(column):
         return [column < hi] if lo is None else [column >= lo, column < hi]
 
@@ -574,6 +589,62 @@ def _case_facts(conn, lo: datetime | None, hi: datetime, where: list, parts: fro
             if score >= 4:
                 facts.append((d_, f, c, i, "rating_satisfied", 1))
     return facts
+
+
+def _summed_case_facts(conn, lo: datetime | None, hi: datetime, where: list, parts: frozenset) -> list[tuple]:
+    def period(column):
+        return [column < hi] if lo is None else [column >= lo, column < hi]
+
+    def of_case(*columns):
+        return (select(*columns).select_from(
+            process_instance.join(process_definition, process_definition.c.id == process_instance.c.definition_id)))
+
+    def count_if(condition):
+        return func.sum(case((condition, 1), else_=0))
+
+    key, clerk = process_definition.c.key, process_instance.c.started_by
+    facts: list[tuple] = []
+    if "events" in parts:
+        day = _day_expr(conn, audit_event.c.at)
+        query = (of_case(day, key, clerk, audit_event.c.type, func.count())
+                 .join(audit_event, audit_event.c.instance_id == process_instance.c.id)
+                 .where(audit_event.c.type.in_(list(CASE_EVENTS)), *period(audit_event.c.at), *where)
+                 .group_by(day, key, clerk, audit_event.c.type))
+        facts += [(d, f, c, None, CASE_EVENTS[t], n) for d, f, c, t, n in conn.execute(query).all()]
+    if "durations" in parts:
+        d = case_duration.c
+        day = _day_expr(conn, d.ended_at)
+        summed = {"dur_n": func.count(), "dur_on_time": count_if(d.on_time.is_(True)),
+                  "dur_early": count_if(d.early.is_(True)), "dur_net": func.sum(d.net_seconds),
+                  "dur_net_c": func.sum(case((d.committed_seconds.is_not(None), d.net_seconds), else_=0)),
+                  "dur_committed": func.sum(d.committed_seconds),
+                  "dur_net_s": func.sum(case((d.statutory_seconds.is_not(None), d.net_seconds), else_=0)),
+                  "dur_statutory": func.sum(d.statutory_seconds)}
+        query = (of_case(day, key, clerk, *summed.values()).join(case_duration, d.instance_id == process_instance.c.id)
+                 .where(*period(d.ended_at), *where).group_by(day, key, clerk))
+        for day_, flow, clerk_, *values in conn.execute(query).all():
+            facts += [(day_, flow, clerk_, None, name, int(value or 0)) for name, value in zip(summed, values)]
+        bucket = d.net_seconds // HISTOGRAM_BUCKET_SECONDS
+        query = (of_case(day, key, clerk, bucket, func.count())
+                 .join(case_duration, d.instance_id == process_instance.c.id)
+                 .where(*period(d.ended_at), *where).group_by(day, key, clerk, bucket))
+        facts += [(d_, f, c, None, int(b), n) for d_, f, c, b, n in conn.execute(query).all()]
+    if "lights" in parts:
+        day = _day_expr(conn, process_instance.c.ended_at)
+        light = func.coalesce(process_instance.c.light, "green")
+        query = (of_case(day, key, clerk, light, func.count())
+                 .where(process_instance.c.status == "completed", *period(process_instance.c.ended_at), *where)
+                 .group_by(day, key, clerk, light))
+        facts += [(d_, f, c, None, "cases_" + _light_name(lt), n) for d_, f, c, lt, n in conn.execute(query).all()]
+    if "ratings" in parts:
+        day = _day_expr(conn, rating.c.rated_at)
+        query = (of_case(day, key, clerk, func.count(), func.sum(rating.c.score), count_if(rating.c.score >= 4))
+                 .join(rating, rating.c.instance_id == process_instance.c.id)
+                 .where(*period(rating.c.rated_at), *where).group_by(day, key, clerk))
+        for d_, f, c, n, total, satisfied in conn.execute(query).all():
+            facts += [(d_, f, c, None, "ratings", n), (d_, f, c, None, "rating_sum", int(total)),
+                      (d_, f, c, None, "rating_satisfied", int(satisfied))]
+    return [fact for fact in facts if fact[5]]
 
 
 def _case_keysets(conn, groups: _Groups, instances, as_of: datetime | None, since: datetime | None) -> dict:
