@@ -6,7 +6,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -18,6 +18,7 @@ from .config import Config
 from .store import Database, process_instance, timer
 
 LIGHTS_INTERVAL_SECONDS = 60
+STATISTICS_FIRST_DELAY_SECONDS = 30
 STATISTICS_INTERVAL_SECONDS = 3600
 log = logging.getLogger(__name__)
 
@@ -174,9 +175,11 @@ class TimerScheduler(BackgroundScheduler):
                      id="light-sweep", name="light sweep", max_instances=1, coalesce=True,
                      misfire_grace_time=None, next_run_time=datetime.now(timezone.utc))
         # Supervision statistics read pre-summed days; summing them (and pruning old query attempts) hourly
-        # keeps a one-year query fast. The first run waits a while so start-up stays quick.
+        # keeps a one-year query fast. The first run comes half a minute after start, so start-up stays quick
+        # and a fresh upgrade (an empty roll-up) is caught up at once rather than an hour later.
         self.add_job(self._run_statistics, "interval", seconds=STATISTICS_INTERVAL_SECONDS, id="statistics",
-                     name="statistics roll-up", max_instances=1, coalesce=True, misfire_grace_time=None)
+                     name="statistics roll-up", max_instances=1, coalesce=True, misfire_grace_time=None,
+                     next_run_time=datetime.now(timezone.utc) + timedelta(seconds=STATISTICS_FIRST_DELAY_SECONDS))
 
     def _run_statistics(self) -> None:
         try:

@@ -419,6 +419,10 @@ def test_scheduler_defaults_to_the_configured_interval():
     scheduler = timers.TimerScheduler(Config(database_url="sqlite://"))
     try:
         assert scheduler.get_job("timer-sweep").trigger.interval == timedelta(seconds=2)
+        # the statistics roll-up first runs within a minute of start (an upgrade starts with none), then hourly
+        statistics = scheduler.get_job("statistics")
+        assert statistics.next_run_time - datetime.now(timezone.utc) < timedelta(minutes=1)
+        assert statistics.trigger.interval == timedelta(hours=1)
     finally:
         scheduler.db.dispose()
     with pytest.raises(ValueError) as bad:
