@@ -69,6 +69,8 @@ def cmd_deploy(args, config: Config) -> int:
     for result in results:
         state = "deployed" if result.created else "unchanged"
         print(f"{state}: {result.key} version {result.version} ({result.name or ''})")
+        for warning in result.warnings:
+            print(f"  warning: {warning['file']}:{warning['line']} {warning['element_id']}: {warning['message']}")
     return 0
 
 

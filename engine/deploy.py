@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lxml import etree
@@ -15,7 +15,7 @@ from .bpmn import BPMN_NS, CAMUNDA, ApprovalsParser, XmlRefused, document_text, 
 from .errors import DeploymentInvalid, Problem
 from .forms import check_form_definition
 from .snapshot import dump_specs
-from .store import Database, process_definition
+from .store import Database, department, process_definition
 
 # .bpmn2 is what jBPM and the Eclipse BPMN2 Modeler save.
 BPMN_SUFFIXES = (".bpmn", ".bpmn2", ".bpmn20.xml", ".xml")
@@ -44,9 +44,13 @@ class DeployedVersion:
     version: int
     name: str | None
     created: bool
+    # Steps whose lane or candidate group names no department yet: deployed all the same (the department may
+    # be created next), but no clerk sees those steps until it exists.
+    warnings: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "key": self.key, "version": self.version, "name": self.name, "created": self.created}
+        return {"id": self.id, "key": self.key, "version": self.version, "name": self.name, "created": self.created,
+                "warnings": self.warnings}
 
 
 @dataclass
@@ -94,7 +98,9 @@ def deploy(db: Database, sources: list[SourceFile], deployed_by: str | None = No
                              {"key": key})
         results = []
         for candidate in candidates:
-            results.append(_store_version(conn, candidate, deployed_by, db.config.now()))
+            result = _store_version(conn, candidate, deployed_by, db.config.now())
+            result.warnings = _unknown_departments(conn, candidate)
+            results.append(result)
         for result in results:
             if result.created:
                 audit.record(conn, db.config.now(), deployed_by, "process_deployed",
@@ -126,6 +132,28 @@ def _store_version(conn, candidate: _Candidate, deployed_by, now) -> DeployedVer
         deployed_by=deployed_by, deployed_at=now,
     )).inserted_primary_key[0]
     return DeployedVersion(new_id, candidate.key, version, candidate.name, created=True)
+
+
+def _unknown_departments(conn, candidate: _Candidate) -> list[dict]:
+    """User tasks whose lane or candidate group matches no department's key or name."""
+    data = candidate.source.data   # the bytes as uploaded: their XML declaration names their encoding
+    process = next((p for p in parse_xml(data, len(data)).getroot().iter(_B + "process")
+                    if p.get("id") == candidate.key), None)
+    if process is None:
+        return []
+    lane_of = {ref.text.strip(): lane.get("name") or lane.get("id")
+               for lane in process.iter(_B + "lane") for ref in lane.iter(_B + "flowNodeRef") if ref.text}
+    wanted = []
+    for task in process.iter(_B + "userTask"):
+        groups = task.get(CAMUNDA + "candidateGroups")
+        names = [g.strip() for g in groups.split(",")] if groups else [lane_of.get(task.get("id"))]
+        wanted += [(task, name) for name in names if name and not name.startswith("${")]
+    known = {row.key for row in conn.execute(select(department.c.key))} | {
+        row.name for row in conn.execute(select(department.c.name))}
+    return [{"file": Path(candidate.source.name).name, "element_id": task.get("id"), "line": task.sourceline,
+             "department": name,
+             "message": f"no department is called {name!r}: nobody will see this step until one is created"}
+            for task, name in wanted if name not in known]
 
 
 def latest_version_number(conn, key: str) -> int:

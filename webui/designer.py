@@ -150,7 +150,12 @@ def deploy_xml():
                else _("Nothing changed: %(key)s stays at version %(version)s.", key=main.key, version=main.version))
     if main.created:
         flash(message, "info")
+    warnings = [_("Step %(element)s: no department is called %(department)s, so no clerk will see it until one "
+                  "is created.", element=w["element_id"], department=w["department"]) for w in main.warnings]
+    for warning in warnings:
+        flash(warning, "warning")
     return jsonify({"key": main.key, "version": main.version, "created": main.created, "message": message,
+                    "warnings": warnings,
                     "url": url_for("designer.versions_page", key=main.key, **{"from": previous, "to": main.version})
                     }), 201 if main.created else 200
 

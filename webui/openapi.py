@@ -108,7 +108,12 @@ SCHEMAS = {
     "DeployedVersion": _object({
         "id": _integer(), "key": _string(), "version": _integer(), "name": _string(True),
         "created": {"type": "boolean", "description": "false when the file equals the latest version"},
-    }, ["id", "key", "version", "name", "created"]),
+        "warnings": {"type": "array", "description": "user tasks whose lane or candidate group names no "
+                     "department yet (deployed all the same; no clerk sees them until it exists)",
+                     "items": _object({"file": _string(), "element_id": _string(), "line": _integer(),
+                                       "department": _string(), "message": _string()},
+                                      ["file", "element_id", "department", "message"])},
+    }, ["id", "key", "version", "name", "created", "warnings"]),
     "DeploymentResult": _object({"deployments": {"type": "array", "items": _ref("DeployedVersion")}},
                                 ["deployments"]),
     "Process": _object({

@@ -618,3 +618,15 @@ def test_a_misspelt_limit_function_is_refused_at_deploy(db):
         deploy_module.deploy(db, [deploy_module.SourceFile("typo.bpmn", xml.replace("workhours(4)", "workhourz(4)").encode())])
     problem = refused.value.problems[0]
     assert problem.element_id == "swj_urge" and "workhourz" in problem.message and "workhours(H)" in problem.message
+
+
+def test_a_lane_naming_no_department_deploys_with_a_warning_naming_the_step(db, org):
+    xml = (REPO / "tests" / "fixtures" / "bpmn" / "parallel_review.bpmn").read_bytes()
+    deployed = deploy.deploy(db, [SourceFile("parallel_review.bpmn", xml)])
+    assert deployed[0].created and deployed[0].warnings == []          # every lane is a known department
+    misspelt = xml.replace("人社局".encode(), "人设局".encode())
+    deployed = deploy.deploy(db, [SourceFile("parallel_review.bpmn", misspelt)])
+    assert deployed[0].version == 2
+    assert [(w["element_id"], w["file"]) for w in deployed[0].warnings] == [("review_rsj", "parallel_review.bpmn")]
+    assert "人设局" in deployed[0].warnings[0]["message"] and deployed[0].warnings[0]["line"] > 1
+    assert deployed[0].to_dict()["warnings"] == deployed[0].warnings

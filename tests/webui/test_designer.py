@@ -125,6 +125,14 @@ def test_deploying_from_the_modeler_makes_version_2_and_keeps_the_service_guide(
     assert again.status_code == 200 and again.json["created"] is False and again.json["version"] == 2
 
 
+def test_a_step_naming_no_department_is_deployed_with_a_warning_in_chinese(designer_client, db):
+    response = deploy_from_modeler(designer_client, revised().replace('candidateGroups="gaj"', 'candidateGroups="公按局"', 1))
+    assert response.status_code == 201, response.json
+    assert response.json["warnings"] and all("没有名为“公按局”的部门" in w for w in response.json["warnings"])
+    page = designer_client.get(response.json["url"]).get_data(as_text=True)
+    assert "没有名为“公按局”的部门" in page
+
+
 def test_deploy_problems_name_their_elements_in_chinese_and_nothing_is_stored(designer_client, db):
     broken = SOURCE.replace('<bpmn:userTask id="registration"', '<bpmn:serviceTask id="registration_service" />'
                             '<bpmn:userTask id="registration"', 1)
