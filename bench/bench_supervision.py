@@ -18,9 +18,11 @@ if str(REPO) not in sys.path:  # runnable as `.venv/bin/python bench/bench_super
     sys.path.insert(0, str(REPO))
 
 from bench import gen_supervision_data as gen  # noqa: E402
-from engine import supervision, timekeeping, violations  # noqa: E402
+from engine import rollup, supervision, timekeeping, violations  # noqa: E402
+from engine import statistics as engine_statistics  # noqa: E402
 from engine.accounts import User  # noqa: E402
 from engine.config import Config  # noqa: E402
+from engine.figures import LOCAL_TZ  # noqa: E402
 from engine.store import Database  # noqa: E402
 
 TARGET_S = 1.0
@@ -46,11 +48,11 @@ def timed(label: str, fn, repeat: int) -> dict:
 def nightly_roll_up(db: Database) -> None:
     """Time one night's roll-up (the next day) in a transaction that is rolled back, so the data stays as it is."""
     tomorrow = NOW + timedelta(days=1)
-    last = (tomorrow - supervision.ROLL_MARGIN).astimezone(supervision.LOCAL_TZ).date() - timedelta(days=1)
+    last = (tomorrow - rollup.ROLL_MARGIN).astimezone(LOCAL_TZ).date() - timedelta(days=1)
     with db.engine.connect() as conn:
         transaction = conn.begin()
         began = time.perf_counter()
-        days = supervision._roll_chunk(db, conn, tomorrow, last, None)
+        days = rollup._roll_chunk(db, conn, tomorrow, last, None)
         elapsed = time.perf_counter() - began
         transaction.rollback()
     print(f"  nightly roll-up of {days} day: {elapsed:.1f} s (in the worker, once a day; rolled back here)")
@@ -61,12 +63,12 @@ def run(url: str, repeat: int) -> list[dict]:
     timekeeping.forget_cached_calendar()
     year = ("2025-11-24", "2026-11-23")
     with db.read() as conn:
-        rolled_until = supervision._rolled_until(conn)
+        rolled_until = rollup.rolled_until(conn)
     print(f"  rolled up until {rolled_until}; the days from then are counted live")
     nightly_roll_up(db)
 
     def stats(user=SUPERVISOR, period=year, **filters):
-        return lambda: supervision.statistics(db, user, *period, **filters)
+        return lambda: engine_statistics.statistics(db, user, *period, **filters)
     results = [
         timed("board (supervisor: every department)", lambda: supervision.board(db, SUPERVISOR), repeat),
         timed("board (lead of gaj)", lambda: supervision.board(db, LEAD), repeat),
@@ -86,7 +88,7 @@ def run(url: str, repeat: int) -> list[dict]:
     ]
     samples = (("", {}), ("department ybj", {"department_key": "ybj"}), ("clerk window3", {"clerk": "window3"}))
     for label, filters in samples:
-        figures = supervision.statistics(db, SUPERVISOR, *year, **filters)["figures"]
+        figures = engine_statistics.statistics(db, SUPERVISOR, *year, **filters)["figures"]
         print(f"  one-year figures{' (' + label + ')' if label else ''}: " + ", ".join(f"{k} {figures[k]}" for k in (
             "received", "completed", "on_time_rate", "average_working_days", "median_working_days", "overdue",
             "deemed_consents", "pauses", "send_backs")) + f", satisfaction {figures['satisfaction']}")

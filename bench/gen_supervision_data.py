@@ -1,7 +1,7 @@
 """Generate a year of supervision history in a scratch PostgreSQL database: N cases, 4 steps and 10 audit events each.
 
 Ratings (a third of the completed cases) and the violations of the red events are generated too, and the
-statistics roll-up is then filled by the real roll-up code (engine.supervision.roll_up), as the worker would.
+statistics roll-up is then filled by the real roll-up code (engine.rollup.roll_up), as the worker would.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ if str(REPO) not in sys.path:  # runnable as `.venv/bin/python bench/gen_supervi
 
 from sqlalchemy import create_engine, make_url, text  # noqa: E402
 
-from engine import deploy, schema, seed, supervision, timekeeping  # noqa: E402
+from engine import deploy, rollup, schema, seed, timekeeping  # noqa: E402
 from engine.config import Config  # noqa: E402
 from engine.store import Database  # noqa: E402
 
@@ -196,7 +196,7 @@ def fill_roll_up(url: str, log=print) -> int:
     timekeeping.forget_cached_calendar()
     schema.upgrade(db)    # a database generated before the latest migration gets it first
     began = time.perf_counter()
-    days = supervision.roll_up(db, NOW)
+    days = rollup.roll_up(db, NOW)
     log(f"  {'roll-up':<15} {time.perf_counter() - began:7.1f} s  ({days} finished days)")
     engine = create_engine(url, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:

@@ -13,7 +13,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import DBAPIError
 
-from . import applicants, lights, runtime, supervision
+from . import applicants, durations, lights, rollup, runtime
 from .config import Config
 from .store import Database, process_instance, timer
 
@@ -183,8 +183,8 @@ class TimerScheduler(BackgroundScheduler):
 
     def _run_statistics(self) -> None:
         try:
-            supervision.refresh_durations(self.db)
-            supervision.roll_up(self.db)
+            durations.refresh_durations(self.db)
+            rollup.roll_up(self.db)
             applicants.prune_attempts(self.db)
         except Exception:
             log.exception("statistics roll-up failed; retrying next hour")

@@ -8,7 +8,7 @@ from sqlalchemy import and_, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from . import supervision
+from . import rollup
 from .accounts import User
 from .errors import Conflict, InvalidInput, NotFound, PermissionDenied, Problem
 from .store import (
@@ -195,12 +195,12 @@ def ranking(db: Database, user: User, month: str | None = None, now: datetime | 
     first = _month(month) if month else now.astimezone(LOCAL_TZ).date().replace(day=1)
     following = (first.replace(day=28) + timedelta(days=4)).replace(day=1)
     start, end = _local_midnight(first), _local_midnight(following)
-    supervision.roll_up(db, now, max_days=supervision.REQUEST_ROLL_UP_DAYS, wait=False)
-    with supervision.read_snapshot(db) as conn:
+    rollup.roll_up(db, now, max_days=rollup.REQUEST_ROLL_UP_DAYS, wait=False)
+    with rollup.read_snapshot(db) as conn:
         calendar = calendar_for(db, conn)
         per_day = calendar.office_hours.seconds_per_day
         names = dict(conn.execute(select(department.c.key, department.c.name)).all())
-        by_dept, by_window = supervision.monthly_figures(conn, first, following, calendar)
+        by_dept, by_window = rollup.monthly_figures(conn, first, following, calendar)
         dept_ratings = {r.department: (r.n, r.total) for r in conn.execute(
             select(rating.c.department, func.count().label("n"), func.sum(rating.c.score).label("total"))
             .where(rating.c.rated_at >= start, rating.c.rated_at < end, rating.c.department.is_not(None))

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 from flask import Blueprint, Response, current_app, flash, jsonify, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
-from engine import supervision as engine_supervision, violations
+from engine import statistics as engine_statistics, supervision as engine_supervision, violations
 from engine.errors import InvalidInput
 
 from .auth import database
@@ -66,7 +66,7 @@ def statistics():
 def statistics_csv():
     chosen = {name: request.args.get(name, "").strip() for name in FILTERS}
     result = _statistics(chosen)
-    body = engine_supervision.statistics_csv(result)
+    body = engine_statistics.statistics_csv(result)
     name = f"statistics-{result['period']['start']}-{result['period']['end']}.csv"
     return Response(body.encode("utf-8"), mimetype="text/csv; charset=utf-8",
                     headers={"Content-Disposition": f'attachment; filename="{name}"'})
@@ -126,7 +126,7 @@ def _note(violation_id: int, action, message: str):
 
 
 def _statistics(chosen: dict) -> dict:
-    return engine_supervision.statistics(
+    return engine_statistics.statistics(
         database(), page_user(), chosen["start"] or None, chosen["end"] or None,
         department_key=chosen["department"] or None, flow=chosen["flow"] or None, item=chosen["item"] or None,
         clerk=chosen["clerk"] or None)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, request
 
-from engine import supervision, violations
+from engine import statistics as engine_statistics, supervision, violations
 
 from .api import _body, _check, _page
 from .auth import current_user, database, roles_required
@@ -24,9 +24,10 @@ def board():
 @roles_required(*BOARD_ROLES)
 def statistics():
     args = request.args
-    return supervision.statistics(database(), current_user(), args.get("start") or None, args.get("end") or None,
-                                  department_key=args.get("department") or None, flow=args.get("flow") or None,
-                                  item=args.get("item") or None, clerk=args.get("clerk") or None)
+    return engine_statistics.statistics(database(), current_user(), args.get("start") or None,
+                                        args.get("end") or None, department_key=args.get("department") or None,
+                                        flow=args.get("flow") or None, item=args.get("item") or None,
+                                        clerk=args.get("clerk") or None)
 
 
 @supervision_api.get("/supervision/violations")

@@ -9,7 +9,8 @@ import pytest
 import time_machine
 from sqlalchemy import delete, select, text, update
 
-from engine import accounts, lights, migration, ratings, runtime, supervision, timers, violations, worklist
+from engine import (accounts, lights, migration, ratings, rollup, runtime, statistics, supervision, timers,
+                    violations, worklist)
 from engine.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from engine.store import (audit_event, case_duration, human_task, process_instance, supervision_day, supervision_roll,
                           violation, violation_note)
@@ -93,7 +94,7 @@ def history(db, people):
 
 def year(db, user, **filters):
     with time_machine.travel(at("2026-11-23 12:00"), tick=False):
-        return supervision.statistics(db, user, "2026-01-01", "2026-12-31", **filters)
+        return statistics.statistics(db, user, "2026-01-01", "2026-12-31", **filters)
 
 
 def test_statistics_match_hand_computed_figures(db, people, history):
@@ -162,27 +163,27 @@ def test_filters_narrow_the_figures(db, people, history):
     assert (swj["tasks_overdue"], swj["send_backs"], swj["deemed_consents"]) == (2, 1, 0)
     none = year(db, people["admin"], flow="no_such_flow")["figures"]
     assert (none["received"], none["completion_rate"], none["average_working_days"]) == (0, None, None)
-    autumn = supervision.statistics(db, people["admin"], "2026-10-01", "2026-10-31")["figures"]
+    autumn = statistics.statistics(db, people["admin"], "2026-10-01", "2026-10-31")["figures"]
     assert (autumn["received"], autumn["completed"], autumn["on_time"]) == (1, 1, 0)
 
 
 def test_statistics_refuse_bad_periods_and_strangers(db, people):
     with pytest.raises(InvalidInput) as bad:
-        supervision.statistics(db, people["admin"], "2026-13-01", "2026-12-31")
+        statistics.statistics(db, people["admin"], "2026-13-01", "2026-12-31")
     assert bad.value.problems[0].field == "start"
     with pytest.raises(InvalidInput):
-        supervision.statistics(db, people["admin"], "2026-12-31", "2026-01-01")
+        statistics.statistics(db, people["admin"], "2026-12-31", "2026-01-01")
     with pytest.raises(PermissionDenied):
-        supervision.statistics(db, people["gaj1"], "2026-01-01", "2026-12-31")
+        statistics.statistics(db, people["gaj1"], "2026-01-01", "2026-12-31")
     with pytest.raises(PermissionDenied):
         supervision.board(db, people["window1"])
     with pytest.raises(PermissionDenied):
-        supervision.statistics(db, people["scjgj1"], "2026-01-01", "2026-12-31", department_key="gaj")
+        statistics.statistics(db, people["scjgj1"], "2026-01-01", "2026-12-31", department_key="gaj")
 
 
 def test_csv_export_carries_a_bom_and_the_same_numbers(db, people, history):
     result = year(db, people["admin"])
-    exported = supervision.statistics_csv(result)
+    exported = statistics.statistics_csv(result)
     assert exported.startswith("\ufeff")
     assert "received,5" in exported and "on_time_rate,0.75" in exported and "2026-10,1,1,0,0.0,1" in exported
 
@@ -238,7 +239,7 @@ def test_a_lead_sees_only_their_departments_on_the_board(db, people, history):
     assert [row["key"] for row in board["departments"]] == ["swj"]
     assert {r["bpmn_id"] for r in board["red"] if r["kind"] == "task"} == {"review_swj"}
     with time_machine.travel(at("2026-11-26 10:00"), tick=False):
-        own = supervision.statistics(db, people["swjlead"], "2026-01-01", "2026-12-31")
+        own = statistics.statistics(db, people["swjlead"], "2026-01-01", "2026-12-31")
     assert own["filters"]["department"] == "swj"
 
 
@@ -334,27 +335,27 @@ def test_record_violations_ignores_other_events_and_duplicates(db, people, histo
 
 def test_rolled_up_days_give_the_same_figures_as_counting_live(db, people, history):
     # "Now" before the history: no day is finished yet, so everything is counted live from the trail.
-    live = supervision.statistics(db, people["admin"], "2026-01-01", "2026-12-31", now=at("2026-01-05 12:00"))
+    live = statistics.statistics(db, people["admin"], "2026-01-01", "2026-12-31", now=at("2026-01-05 12:00"))
     with db.read() as conn:
-        assert supervision._rolled_until(conn) is None
-    supervision.roll_up(db, at("2026-11-23 12:00"))      # as the worker does: every finished day
+        assert rollup.rolled_until(conn) is None
+    rollup.roll_up(db, at("2026-11-23 12:00"))      # as the worker does: every finished day
     rolled = year(db, people["admin"])
     with db.read() as conn:
-        assert supervision._rolled_until(conn).isoformat() == "2026-11-23"
+        assert rollup.rolled_until(conn).isoformat() == "2026-11-23"
     assert rolled == live
     assert year(db, people["admin"], flow="time_limits") == {**live, "filters": {**live["filters"],
                                                                                  "flow": "time_limits"}}
 
 
 def test_a_request_rolls_up_a_bounded_number_of_days_and_counts_the_rest_live(db, people, history):
-    live = supervision.statistics(db, people["admin"], "2026-01-01", "2026-12-31", now=at("2026-01-05 12:00"))
+    live = statistics.statistics(db, people["admin"], "2026-01-01", "2026-12-31", now=at("2026-01-05 12:00"))
     # The first request after the history rolls up two months from the first case (04-02); the rest is live.
-    partial = supervision.statistics(db, people["admin"], "2026-01-01", "2026-12-31", now=at("2026-11-23 12:00"))
+    partial = statistics.statistics(db, people["admin"], "2026-01-01", "2026-12-31", now=at("2026-11-23 12:00"))
     with db.read() as conn:
-        assert supervision._rolled_until(conn).isoformat() == "2026-06-03"
+        assert rollup.rolled_until(conn).isoformat() == "2026-06-03"
     assert partial == live
-    assert supervision.roll_up(db, at("2026-11-23 12:00")) == (date(2026, 11, 23) - date(2026, 6, 3)).days
-    assert supervision.roll_up(db, at("2026-11-23 12:00")) == 0
+    assert rollup.roll_up(db, at("2026-11-23 12:00")) == (date(2026, 11, 23) - date(2026, 6, 3)).days
+    assert rollup.roll_up(db, at("2026-11-23 12:00")) == 0
 
 
 # --- every filter from the roll-up, equal to counting live -----------------------------------------
@@ -379,13 +380,13 @@ def forget_roll_up(db):
 
 def every_reading(db, people, now: datetime) -> dict:
     """Statistics for every filter (and the lead's), and the rankings of the history's months, as of `now`."""
-    found = {repr(f): supervision.statistics(db, people["admin"], "2026-01-01", "2026-12-31", now=now, **f)
+    found = {repr(f): statistics.statistics(db, people["admin"], "2026-01-01", "2026-12-31", now=now, **f)
              for f in FILTERS}
-    found["lead"] = supervision.statistics(db, people["swjlead"], "2026-01-01", "2026-12-31", now=now)
-    found["lead gaj step"] = supervision.statistics(db, people["swjlead"], "2026-01-01", "2026-12-31", now=now,
-                                                    item="review_gaj", clerk="window1")
-    found["autumn"] = supervision.statistics(db, people["admin"], "2026-09-15", "2026-10-20", now=now,
-                                             department_key="gaj")
+    found["lead"] = statistics.statistics(db, people["swjlead"], "2026-01-01", "2026-12-31", now=now)
+    found["lead gaj step"] = statistics.statistics(db, people["swjlead"], "2026-01-01", "2026-12-31", now=now,
+                                                   item="review_gaj", clerk="window1")
+    found["autumn"] = statistics.statistics(db, people["admin"], "2026-09-15", "2026-10-20", now=now,
+                                            department_key="gaj")
     for month in MONTHS:
         found[month] = violations.ranking(db, people["supervisor"], month, now=now)
     return found
@@ -393,7 +394,7 @@ def every_reading(db, people, now: datetime) -> dict:
 
 def rolled_until(db) -> str | None:
     with db.read() as conn:
-        found = supervision._rolled_until(conn)
+        found = rollup.rolled_until(conn)
     return found.isoformat() if found else None
 
 
@@ -407,12 +408,12 @@ def test_every_filter_reads_the_same_figures_rolled_up_live_or_straddling(db, pe
     for boundary in ("2026-04-03", "2026-05-01", "2026-10-01", "2026-10-10", "2026-10-20", "2026-11-03",
                      "2026-11-23"):
         now = at(f"{boundary} 12:00")
-        supervision.roll_up(db, now)
+        rollup.roll_up(db, now)
         assert rolled_until(db) == boundary
         assert every_reading(db, people, now) == live, f"rolled up to {boundary}"
     # Rolled up in one go: the same.
     forget_roll_up(db)
-    supervision.roll_up(db, at("2026-11-23 12:00"))
+    rollup.roll_up(db, at("2026-11-23 12:00"))
     assert every_reading(db, people, at("2026-11-23 12:00")) == live
 
 
@@ -421,25 +422,25 @@ def test_a_case_gaining_a_department_after_its_days_were_rolled_up_counts_under_
     with time_machine.travel(at("2026-09-30 10:00"), tick=False):
         case = runtime.start_case(db, "time_limits", {"applicant": "补正公司"}, "window1")
     complete(db, people["window1"], "intake", case, "2026-09-30 11:00", {"decision": "supplement"})
-    supervision.roll_up(db, at("2026-10-05 12:00"))                # 09-30 .. 10-04 rolled up without gaj
+    rollup.roll_up(db, at("2026-10-05 12:00"))                # 09-30 .. 10-04 rolled up without gaj
     gaj = {"department_key": "gaj"}
-    assert supervision.statistics(db, people["admin"], "2026-09-01", "2026-10-31", now=at("2026-10-05 12:00"),
-                                  **gaj)["figures"]["received"] == 0
+    assert statistics.statistics(db, people["admin"], "2026-09-01", "2026-10-31", now=at("2026-10-05 12:00"),
+                                 **gaj)["figures"]["received"] == 0
     complete(db, people["window1"], "supplement", case, "2026-10-09 10:00")
     complete(db, people["window1"], "intake", case, "2026-10-09 10:30", {"decision": "accept"})
     # Read as of 10-05 (nothing more rolled up), the query adds the case's earlier figures itself; read on
     # 10-12, the request's roll-up has moved them under gaj.
     for now in ("2026-10-05 12:00", "2026-10-12 12:00"):
-        f = supervision.statistics(db, people["admin"], "2026-09-01", "2026-10-31", now=at(now), **gaj)["figures"]
+        f = statistics.statistics(db, people["admin"], "2026-09-01", "2026-10-31", now=at(now), **gaj)["figures"]
         assert (f["received"], f["pauses"]) == (1, 1), now
     assert rolled_until(db) == "2026-10-12"
 
 
 def test_hand_computed_figures_for_more_filters(db, people, history):
-    supervision.roll_up(db, at("2026-10-20 12:00"))      # part rolled up, part live: the same figures
+    rollup.roll_up(db, at("2026-10-20 12:00"))      # part rolled up, part live: the same figures
 
     def year(db, user, **filters):
-        return supervision.statistics(db, user, "2026-01-01", "2026-12-31", now=at("2026-10-20 12:00"), **filters)
+        return statistics.statistics(db, user, "2026-01-01", "2026-12-31", now=at("2026-10-20 12:00"), **filters)
     window = year(db, people["admin"], department_key="window")["figures"]
     # Every case has window steps (intake; C also 补正); no window step was late, warned or deemed.
     assert (window["received"], window["completed"], window["tasks_overdue"], window["pauses"]) == (5, 4, 0, 1)
@@ -462,7 +463,7 @@ def test_hand_computed_figures_for_more_filters(db, people, history):
 
 
 def test_migrating_a_running_case_counts_its_days_again(db, people, history):
-    supervision.roll_up(db, at("2026-11-23 12:00"))
+    rollup.roll_up(db, at("2026-11-23 12:00"))
     # Version 2 moves the gaj review to 人社局's lane; D's open redo of it moves with the case.
     deploy_text(db, "time_limits.bpmn", LIMITS.replace('<bpmn:lane id="lane_gaj" name="公安局">',
                                                        '<bpmn:lane id="lane_gaj" name="人社局">'))
@@ -470,19 +471,19 @@ def test_migrating_a_running_case_counts_its_days_again(db, people, history):
         migration.migrate_case(db, history["D"]["id"], 2, people["admin"])
     assert rolled_until(db) == "2026-10-19"      # D's days count live until they are rolled up again
     now = at("2026-11-23 14:00")
-    rolled = {k: supervision.statistics(db, people["admin"], "2026-01-01", "2026-12-31", now=now, department_key=k)
+    rolled = {k: statistics.statistics(db, people["admin"], "2026-01-01", "2026-12-31", now=now, department_key=k)
               for k in ("gaj", "rsj")}
     assert rolled["rsj"]["figures"]["received"] == 1           # D, received 10-19, now has an rsj step
     assert rolled_until(db) == "2026-11-23"                      # the request rolled them up again
-    supervision.roll_up(db, at("2026-11-24 12:00"))
+    rollup.roll_up(db, at("2026-11-24 12:00"))
     assert rolled_until(db) == "2026-11-24"
-    again = {k: supervision.statistics(db, people["admin"], "2026-01-01", "2026-12-31", now=now, department_key=k)
+    again = {k: statistics.statistics(db, people["admin"], "2026-01-01", "2026-12-31", now=now, department_key=k)
              for k in ("gaj", "rsj")}
     forget_roll_up(db)
-    live = {k: supervision.statistics(db, people["admin"], "2026-01-01", "2026-12-31", now=at("2026-01-05 12:00"),
-                                      department_key=k) for k in ("gaj", "rsj")}
+    live = {k: statistics.statistics(db, people["admin"], "2026-01-01", "2026-12-31", now=at("2026-01-05 12:00"),
+                                     department_key=k) for k in ("gaj", "rsj")}
     assert rolled == again == live
-    assert supervision.roll_up(db, at("2026-11-24 12:00")) > 0 and rolled_until(db) == "2026-11-24"
+    assert rollup.roll_up(db, at("2026-11-24 12:00")) > 0 and rolled_until(db) == "2026-11-24"
 
 
 def test_two_roll_ups_at_once_roll_each_day_once(db, people, history):
@@ -491,7 +492,7 @@ def test_two_roll_ups_at_once_roll_each_day_once(db, people, history):
 
     def roll():
         try:
-            results.append(supervision.roll_up(db, at("2026-11-23 12:00")))
+            results.append(rollup.roll_up(db, at("2026-11-23 12:00")))
         except Exception as exc:       # noqa: BLE001 - reported below
             errors.append(exc)
     threads = [threading.Thread(target=roll) for _ in range(2)]
@@ -503,8 +504,8 @@ def test_two_roll_ups_at_once_roll_each_day_once(db, people, history):
     assert sum(results) == (date(2026, 11, 23) - date(2026, 4, 2)).days
     rolled = year(db, people["admin"], department_key="gaj")
     forget_roll_up(db)
-    assert supervision.statistics(db, people["admin"], "2026-01-01", "2026-12-31", now=at("2026-01-05 12:00"),
-                                  department_key="gaj") == rolled
+    assert statistics.statistics(db, people["admin"], "2026-01-01", "2026-12-31", now=at("2026-01-05 12:00"),
+                                 department_key="gaj") == rolled
 
 
 def test_the_median_is_exact_for_every_filter_and_period(db, people):
@@ -551,10 +552,10 @@ def test_the_median_is_exact_for_every_filter_and_period(db, people):
                (date(2026, 4, 1), date(2026, 4, 30)), (date(2026, 5, 3), date(2026, 5, 9))]
     checked = 0
     for now in (at("2026-01-05 12:00"), at("2026-04-12 12:00"), at("2026-07-01 12:00")):   # live, half, rolled
-        supervision.roll_up(db, now)
+        rollup.roll_up(db, now)
         for first, last in periods:
             for f in filters:
-                found = supervision.statistics(db, people["admin"], first, last, now=now, **f)["figures"]
+                found = statistics.statistics(db, people["admin"], first, last, now=now, **f)["figures"]
                 assert found["median_working_days"] == expected(first, last, **f), (now, first, last, f)
                 checked += found["median_working_days"] is not None
     assert checked > 80
@@ -562,16 +563,16 @@ def test_the_median_is_exact_for_every_filter_and_period(db, people):
 
 @pytest.mark.postgres_only
 def test_a_request_does_not_wait_for_a_roll_up_in_progress(db, people, history):
-    live = supervision.statistics(db, people["admin"], "2026-01-01", "2026-12-31", now=at("2026-01-05 12:00"),
-                                  department_key="gaj")
-    db.run(lambda conn: supervision._roll_state(conn, lock=True))
+    live = statistics.statistics(db, people["admin"], "2026-01-01", "2026-12-31", now=at("2026-01-05 12:00"),
+                                 department_key="gaj")
+    db.run(lambda conn: rollup._roll_state(conn, lock=True))
     with db.write() as conn:               # as the worker holds it while it rolls a month up
-        supervision._roll_state(conn, lock=True)
-        during = supervision.statistics(db, people["admin"], "2026-01-01", "2026-12-31",
-                                        now=at("2026-11-23 12:00"), department_key="gaj")
+        rollup._roll_state(conn, lock=True)
+        during = statistics.statistics(db, people["admin"], "2026-01-01", "2026-12-31",
+                                       now=at("2026-11-23 12:00"), department_key="gaj")
     assert during == live
     assert rolled_until(db) is None
-    assert supervision.roll_up(db, at("2026-11-23 12:00")) == (date(2026, 11, 23) - date(2026, 4, 2)).days
+    assert rollup.roll_up(db, at("2026-11-23 12:00")) == (date(2026, 11, 23) - date(2026, 4, 2)).days
 
 
 def test_the_workers_hourly_job_rolls_up_every_finished_day(db, db_config, people, history):
@@ -585,5 +586,5 @@ def test_the_workers_hourly_job_rolls_up_every_finished_day(db, db_config, peopl
     assert rolled_until(db) == "2026-11-23"
     rolled = year(db, people["admin"], department_key="swj", clerk="window1")
     forget_roll_up(db)
-    assert supervision.statistics(db, people["admin"], "2026-01-01", "2026-12-31", now=at("2026-01-05 12:00"),
-                                  department_key="swj", clerk="window1") == rolled
+    assert statistics.statistics(db, people["admin"], "2026-01-01", "2026-12-31", now=at("2026-01-05 12:00"),
+                                 department_key="swj", clerk="window1") == rolled
