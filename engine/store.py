@@ -495,7 +495,7 @@ case_duration = Table(
     Index("ix_case_duration_net_seconds", "net_seconds"),
 )
 
-# The summable figures of supervision_day (engine/supervision.py counts them): case figures, step figures,
+# The summable figures of supervision_day (engine/figures.py counts them): case figures, step figures,
 # office time of the cases completed, lights they ended with, 好差评 ratings, and per department the steps finished.
 SUPERVISION_FIGURES = (
     "received", "completed", "terminated", "case_warnings", "cases_overdue", "statutory_exceeded", "pauses",
