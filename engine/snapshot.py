@@ -33,7 +33,7 @@ _UPDATE_HEAD = HotStatement(update(workflow_state).where(workflow_state.c.instan
 _INSERT_TASK = HotStatement(workflow_task.insert(), columns=("instance_id", "task_guid", "workflow", "body"))
 _UPDATE_TASK = HotStatement(update(workflow_task).where(
     workflow_task.c.instance_id == bindparam("case_id"), workflow_task.c.task_guid == bindparam("guid"))
-    .values(body=bindparam("new_body")))
+    .values(workflow=bindparam("new_workflow"), body=bindparam("new_body")))
 _DELETE_TASK = HotStatement(delete(workflow_task).where(
     workflow_task.c.instance_id == bindparam("case_id"), workflow_task.c.task_guid == bindparam("guid")))
 # The test suite turns this on, so every save in every test proves the fingerprints right.
@@ -151,8 +151,8 @@ class Snapshot:
             _INSERT_TASK.execute(conn, [{"instance_id": instance_id, "task_guid": guid, "workflow": key, "body": text}
                                         for guid, key, text in fresh])
         if changed:
-            _UPDATE_TASK.execute(conn, [{"case_id": instance_id, "guid": guid, "new_body": text}
-                                        for guid, _key, text in changed])
+            _UPDATE_TASK.execute(conn, [{"case_id": instance_id, "guid": guid, "new_workflow": key, "new_body": text}
+                                        for guid, key, text in changed])
         if removed:
             _DELETE_TASK.execute(conn, [{"case_id": instance_id, "guid": guid} for guid in removed])
         if VERIFY_INCREMENTAL:
