@@ -25,17 +25,18 @@ _serializer = BpmnWorkflowSerializer(_registry)
 _FINISHED = TaskState.COMPLETED | TaskState.CANCELLED | TaskState.ERROR
 _STARTED = TaskState.STARTED
 _READ_HEAD = select(workflow_state.c.body).where(workflow_state.c.instance_id == bindparam("instance_id"))
-_READ_TASKS = select(workflow_task.c.task_guid, workflow_task.c.workflow, workflow_task.c.body).where(
-    workflow_task.c.instance_id == bindparam("instance_id"))
+_READ_TASKS = select(workflow_task.c.task_guid, workflow_task.c.workflow, workflow_task.c.body,
+                     workflow_task.c.seq).where(
+    workflow_task.c.instance_id == bindparam("instance_id")).order_by(workflow_task.c.seq)
 _INSERT_HEAD = HotStatement(workflow_state.insert(), columns=("instance_id", "body"))
 _UPDATE_HEAD = HotStatement(update(workflow_state).where(workflow_state.c.instance_id == bindparam("case_id"))
                             .values(body=bindparam("new_body")))
-_INSERT_TASK = HotStatement(workflow_task.insert(), columns=("instance_id", "task_guid", "workflow", "body"))
+_INSERT_TASK = HotStatement(workflow_task.insert(), columns=("instance_id", "seq", "task_guid", "workflow", "body"))
 _UPDATE_TASK = HotStatement(update(workflow_task).where(
-    workflow_task.c.instance_id == bindparam("case_id"), workflow_task.c.task_guid == bindparam("guid"))
+    workflow_task.c.instance_id == bindparam("case_id"), workflow_task.c.seq == bindparam("row"))
     .values(workflow=bindparam("new_workflow"), body=bindparam("new_body")))
 _DELETE_TASK = HotStatement(delete(workflow_task).where(
-    workflow_task.c.instance_id == bindparam("case_id"), workflow_task.c.task_guid == bindparam("guid")))
+    workflow_task.c.instance_id == bindparam("case_id"), workflow_task.c.seq == bindparam("row")))
 # The test suite turns this on, so every save in every test proves the fingerprints right.
 VERIFY_INCREMENTAL = False
 
@@ -133,8 +134,10 @@ class Snapshot:
 
     workflow: BpmnWorkflow
     revision: int
-    # UUID -> (fingerprint, json text, workflow key) of each task as stored ("" keys the case's own workflow).
+    # UUID -> (fingerprint, json text, workflow key, row seq) of each task as stored ("" keys the case's own
+    # workflow; seq numbers the case's task rows in creation order).
     fragments: dict = field(default_factory=dict)
+    next_seq: int = 0
     # The projection as last written (None: unknown, read it from the database).
     open_tasks: dict | None = None                  # task guid -> human_task id
     timers: dict | None = None                      # task guid -> (due_at, bpmn_id)
@@ -148,13 +151,13 @@ class Snapshot:
         else:
             _UPDATE_HEAD.execute(conn, {"case_id": instance_id, "new_body": head})
         if fresh:
-            _INSERT_TASK.execute(conn, [{"instance_id": instance_id, "task_guid": guid, "workflow": key, "body": text}
-                                        for guid, key, text in fresh])
+            _INSERT_TASK.execute(conn, [{"instance_id": instance_id, "seq": seq, "task_guid": guid, "workflow": key,
+                                         "body": text} for seq, guid, key, text in fresh])
         if changed:
-            _UPDATE_TASK.execute(conn, [{"case_id": instance_id, "guid": guid, "new_workflow": key, "new_body": text}
-                                        for guid, key, text in changed])
+            _UPDATE_TASK.execute(conn, [{"case_id": instance_id, "row": seq, "new_workflow": key, "new_body": text}
+                                        for seq, key, text in changed])
         if removed:
-            _DELETE_TASK.execute(conn, [{"case_id": instance_id, "guid": guid} for guid in removed])
+            _DELETE_TASK.execute(conn, [{"case_id": instance_id, "row": seq} for seq in removed])
         if VERIFY_INCREMENTAL:
             expected = Snapshot(self.workflow, self.revision).state()
             if self._as_saved() != expected or read_state(conn, instance_id) != expected:
@@ -171,7 +174,8 @@ class Snapshot:
         return self._as_saved()
 
     def _as_saved(self) -> dict:
-        return _assemble(self._head(), ((str(task_id), key, text) for task_id, (_f, text, key) in self.fragments.items()))
+        rows = sorted((seq, str(task_id), key, text) for task_id, (_f, text, key, seq) in self.fragments.items())
+        return _assemble(self._head(), ((guid, key, text) for _seq, guid, key, text in rows))
 
     def _head(self) -> dict:
         workflow = self.workflow
@@ -186,7 +190,7 @@ class Snapshot:
         }
 
     def _changes(self) -> tuple[list, list, list]:
-        """Re-encode the tasks whose fingerprint moved: (new tasks, changed tasks, guids of removed tasks)."""
+        """Re-encode the tasks whose fingerprint moved: (new task rows, changed task rows, seqs of removed rows)."""
         workflow = self.workflow
         fresh: list = []
         changed: list = []
@@ -197,8 +201,7 @@ class Snapshot:
         if seen != len(self.fragments):
             live = set(workflow.tasks).union(*(sub.tasks for sub in workflow.subprocesses.values()))
             for stale in set(self.fragments) - live:
-                del self.fragments[stale]
-                removed.append(str(stale))
+                removed.append(self.fragments.pop(stale)[3])
         return fresh, changed, removed
 
     def _encode_tasks(self, tasks: dict, key: str, fresh: list, changed: list) -> int:
@@ -210,11 +213,15 @@ class Snapshot:
             if cached is not None and fingerprint is not None and cached[0] == fingerprint:
                 continue
             text = _dumps(_registry.convert(task))
-            fragments[task_id] = (fingerprint, text, key)
             if cached is None:
-                fresh.append((str(task_id), key, text))
-            elif cached[1] != text or cached[2] != key:
-                changed.append((str(task_id), key, text))
+                seq = self.next_seq
+                self.next_seq += 1
+                fresh.append((seq, str(task_id), key, text))
+            else:
+                seq = cached[3]
+                if cached[1] != text or cached[2] != key:
+                    changed.append((seq, key, text))
+            fragments[task_id] = (fingerprint, text, key, seq)
         return len(tasks)
 
 
@@ -266,27 +273,11 @@ def _workflow_head(workflow) -> dict:
 
 def _assemble(head: dict, rows) -> dict:
     """A whole serialized workflow from its head and its (guid, workflow key, json text) task rows."""
+    # Rows come in creation order, parents first, as SpiffWorkflow's restore needs (a task's data is stored
+    # as a delta on its parent's).
     for guid, key, text in rows:
         (head["subprocesses"][key] if key else head)["tasks"][guid] = json.loads(text)
-    for workflow in (head, *head["subprocesses"].values()):
-        workflow["tasks"] = _in_tree_order(workflow["tasks"], workflow["root"])
     return head
-
-
-def _in_tree_order(tasks: dict, root: str) -> dict:
-    """Parents before children, as SpiffWorkflow's restore needs: a task's data is stored as a delta on its parent's."""
-    ordered = {}
-    stack = [root]
-    while stack:
-        guid = stack.pop()
-        task = tasks.get(guid)
-        if task is not None and guid not in ordered:
-            ordered[guid] = task
-            stack.extend(reversed(task["children"]))
-    if len(ordered) != len(tasks):
-        for guid, task in tasks.items():
-            ordered.setdefault(guid, task)
-    return ordered
 
 
 def read_state(conn, instance_id: int) -> dict | None:
@@ -294,7 +285,7 @@ def read_state(conn, instance_id: int) -> dict | None:
     head = conn.execute(_READ_HEAD, {"instance_id": instance_id}).scalar()
     if head is None:
         return None
-    return _assemble(json.loads(head), conn.execute(_READ_TASKS, {"instance_id": instance_id}))
+    return _assemble(json.loads(head), (row[:3] for row in conn.execute(_READ_TASKS, {"instance_id": instance_id})))
 
 
 def write_state(conn, instance_id: int, state: dict | str) -> None:
@@ -310,9 +301,8 @@ def write_state(conn, instance_id: int, state: dict | str) -> None:
     _INSERT_HEAD.execute(conn, {"instance_id": instance_id,
                                 "body": _dumps(head)})
     if rows:
-        _INSERT_TASK.execute(conn, [{"instance_id": instance_id, "task_guid": guid, "workflow": key,
-                                     "body": _dumps(task)}
-                                    for guid, key, task in rows])
+        _INSERT_TASK.execute(conn, [{"instance_id": instance_id, "seq": seq, "task_guid": guid, "workflow": key,
+                                     "body": _dumps(task)} for seq, (guid, key, task) in enumerate(rows)])
 
 
 def stored_snapshot(conn, instance_id: int, revision: int, specs: Specs) -> Snapshot | None:
@@ -321,9 +311,10 @@ def stored_snapshot(conn, instance_id: int, revision: int, specs: Specs) -> Snap
     if head is None:
         return None
     rows = conn.execute(_READ_TASKS, {"instance_id": instance_id}).all()
-    snapshot = Snapshot(decode(_assemble(json.loads(head), rows), specs), revision)
+    snapshot = Snapshot(decode(_assemble(json.loads(head), (row[:3] for row in rows)), specs), revision)
     # No fingerprints yet: the first save re-encodes every task and writes those whose text differs.
-    snapshot.fragments = {UUID(guid): (None, text, key) for guid, key, text in rows}
+    snapshot.fragments = {UUID(guid): (None, text, key, seq) for guid, key, text, seq in rows}
+    snapshot.next_seq = rows[-1].seq + 1 if rows else 0
     return snapshot
 
 

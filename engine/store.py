@@ -135,10 +135,13 @@ workflow_state = Table(
 workflow_task = Table(
     "workflow_task", metadata,
     Column("instance_id", Integer, ForeignKey("process_instance.id", ondelete="CASCADE"), primary_key=True),
-    Column("task_guid", String(36), primary_key=True),
+    # Creation order within the case: parents come first (as restoring needs), and the tasks one step
+    # changes (a branch's step and what follows it) were created together, so they share a page or two.
+    Column("seq", Integer, primary_key=True),
+    Column("task_guid", String(36), nullable=False),
     Column("workflow", String(36), nullable=False),   # "" for the case's own workflow, else its sub-process id
     Column("body", Text, nullable=False),
-    sqlite_with_rowid=False,   # one b-tree, clustered by case: a save touches a page or two
+    sqlite_with_rowid=False,   # one b-tree, clustered by case
 )
 
 case_sequence = Table(
