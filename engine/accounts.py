@@ -69,6 +69,11 @@ def create_department(db: Database, key: str, name: str, actor: str | None = Non
     return result
 
 
+def department_names(conn) -> dict[str, str]:
+    """Every department's name by its key, in the caller's transaction."""
+    return dict(conn.execute(select(department.c.key, department.c.name)).all())
+
+
 def list_departments(db: Database) -> list[dict]:
     with db.read() as conn:
         return [dict(r) for r in conn.execute(select(department.c.key, department.c.name)

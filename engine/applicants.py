@@ -12,13 +12,13 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import and_, func, or_, select, update
 
 from . import accounts, audit, casefile, forms, runtime
-from .accounts import User
+from .accounts import User, department_names
 from .errors import ApprovalsError, Conflict, FormInvalid, NotFound, Problem
 from .lights import light_of
 from .projection import extensions
 from .snapshot import decode, find_task, load_specs, read_state, task_spec_of
 from .store import (
-    Database, applicant_access, attachment, department, human_task, process_definition, process_instance,
+    Database, applicant_access, attachment, human_task, process_definition, process_instance,
     query_attempt,
 )
 from .timekeeping import calendar_for
@@ -70,14 +70,14 @@ class Upload:
 def catalogue(db: Database) -> list[dict]:
     """服务指南: every deployed flow (latest active version) with its items, materials, limits, fees and legal basis."""
     with db.read() as conn:
-        names = dict(conn.execute(select(department.c.key, department.c.name)).all())
+        names = department_names(conn)
         rows = conn.execute(_latest_active(db.config.now())).mappings().all()
     return [_guide_entry(row, names) for row in rows]
 
 
 def service_guide(db: Database, key: str) -> dict:
     with db.read() as conn:
-        names = dict(conn.execute(select(department.c.key, department.c.name)).all())
+        names = department_names(conn)
         row = conn.execute(_latest_active(db.config.now(), key)).mappings().first()
     if row is None:
         raise NotFound(f"no deployed process {key!r}")
@@ -241,7 +241,7 @@ def progress(db: Database, case_no: str) -> dict:
             raise NotFound(f"no case {case_no}")
         tasks = conn.execute(select(human_task).where(human_task.c.instance_id == row["id"])
                              .order_by(human_task.c.id)).mappings().all()
-        names = dict(conn.execute(select(department.c.key, department.c.name)).all())
+        names = department_names(conn)
         files = conn.execute(select(attachment.c.id, attachment.c.material_key, attachment.c.filename,
                                     attachment.c.size, attachment.c.uploaded_at)
                              .where(attachment.c.instance_id == row["id"]).order_by(attachment.c.id)).mappings().all()

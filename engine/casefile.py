@@ -4,20 +4,19 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import or_, select
 from SpiffWorkflow.bpmn.specs.mixins.events.intermediate_event import BoundaryEvent
 from SpiffWorkflow.util.task import TaskState
 
 from . import audit
-from .accounts import User
+from .accounts import User, department_names
 from .errors import InvalidInput, NotFound, PermissionDenied, Problem
 from .lights import RED, light_of
 from .projection import may_work_on
-from .snapshot import decode, load_specs, read_state
+from .snapshot import case_data, completed_in_order, decode, load_specs, read_state
 from .store import (
-    Database, app_user, attachment, clock_pause, department, human_task, process_definition, process_instance,
+    Database, app_user, attachment, clock_pause, human_task, process_definition, process_instance,
 )
 from .timekeeping import calendar_for
 
@@ -137,9 +136,9 @@ def list_cases(db: Database, user: User, search: str = "", status: str = "", lim
         open_tasks = conn.execute(select(human_task.c.instance_id, human_task.c.name, human_task.c.departments)
                                   .where(human_task.c.instance_id.in_(ids or [0]), human_task.c.status == "open")
                                   .order_by(human_task.c.id)).all()
-        names = _department_names(conn)
+        names = department_names(conn)
         calendar = calendar_for(db, conn)
-    now, local = db.config.now(), _localiser(db)
+    now, local = db.config.now(), db.config.local
     current: dict[int, list[str]] = {}
     for task in open_tasks:
         owners = "、".join(names.get(d, d) for d in task.departments or []) or "综合窗口"
@@ -198,7 +197,7 @@ def _read(db: Database, instance_id: int, user: User) -> _Read:
         events = audit.for_instance(conn, instance_id)
         pauses = conn.execute(select(clock_pause).where(clock_pause.c.instance_id == instance_id)
                               .order_by(clock_pause.c.id)).mappings().all()
-        names = _department_names(conn)
+        names = department_names(conn)
         actors = {e["actor"] for e in events if e["actor"]} | {row["started_by"]} | {
             t[c] for t in tasks for c in ("assignee", "completed_by") if t[c]}
         people = {r.username: r.name for r in conn.execute(
@@ -208,32 +207,7 @@ def _read(db: Database, instance_id: int, user: User) -> _Read:
     # Read-only: the stored state is decoded, never stepped (only engine/runtime.py steps workflows).
     workflow = decode(state, load_specs(row["definition_id"], row["spec_json"]))
     return _Read(dict(row), [dict(t) for t in tasks], events, [dict(p) for p in pauses], workflow,
-                 _case_data(workflow), calendar, db.config.now(), names, people, _localiser(db))
-
-
-def _localiser(db: Database):
-    zone = ZoneInfo(db.config.timezone)
-    return lambda moment: moment.astimezone(zone) if moment is not None else None
-
-
-def _department_names(conn) -> dict:
-    return {r.key: r.name for r in conn.execute(select(department.c.key, department.c.name))}
-
-
-def _chronological(workflow) -> list:
-    """Completed tasks in the order they finished; tree order breaks ties (a redo sits below its first run)."""
-    done = [(t.last_state_change, order, t) for order, t in enumerate(workflow.get_tasks())
-            if t.state == TaskState.COMPLETED]
-    return [t for _, _, t in sorted(done, key=lambda item: item[:2])]
-
-
-def _case_data(workflow) -> dict:
-    """The case's variables as they stand: every completed step's data, later steps winning."""
-    data: dict = {}
-    for task in _chronological(workflow):
-        data.update(task.data)
-    data.update(workflow.data)
-    return data
+                 case_data(workflow), calendar, db.config.now(), names, people, db.config.local)
 
 
 def _header(read: _Read) -> dict:
@@ -376,7 +350,7 @@ def _available(read: _Read) -> list[dict]:
 
 
 def _first_moment(read: _Read, holds) -> datetime | None:
-    for task in _chronological(read.workflow):
+    for task in completed_in_order(read.workflow):
         if holds(task.data):
             return read.local(datetime.fromtimestamp(task.last_state_change, timezone.utc))
     return None
@@ -385,7 +359,7 @@ def _first_moment(read: _Read, holds) -> datetime | None:
 def _supplements(read: _Read) -> list[tuple[datetime, dict]]:
     """一次性告知 at intake (the flow's `*supplement_notices`) and a lead's 退回申请人补正 during review."""
     seen, found = set(), []
-    for task in _chronological(read.workflow):
+    for task in completed_in_order(read.workflow):
         for key, value in task.data.items():
             if not key.endswith("supplement_notices") or not isinstance(value, list):
                 continue

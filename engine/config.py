@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
+from zoneinfo import ZoneInfo
 
 DEFAULT_SQLITE_PATH = Path("instance") / "approvals.sqlite3"
 
@@ -53,6 +54,10 @@ class Config:
 
     def now(self) -> datetime:
         return self.clock()
+
+    def local(self, moment: datetime | None) -> datetime | None:
+        """An aware moment on the centre's clock (None stays None)."""
+        return moment.astimezone(ZoneInfo(self.timezone)) if moment is not None else None
 
 
 def normalise_database_url(url: str) -> str:

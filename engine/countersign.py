@@ -8,7 +8,7 @@ from sqlalchemy import select, update
 from SpiffWorkflow.bpmn.specs.mixins.multiinstance_task import ParallelMultiInstanceTask
 from SpiffWorkflow.util.task import TaskState
 
-from .accounts import User, resolve_departments
+from .accounts import User, department_names, resolve_departments
 from .bpmn import task_departments
 from .errors import Conflict, InvalidInput, PermissionDenied, Problem
 from .runtime import WorkflowFailed, mutate_case
@@ -105,7 +105,7 @@ def countersign_panel(db: Database, task_id: int, user: User) -> dict | None:
         added = {(e.data or {}).get("task_guid") for e in conn.execute(
             select(audit_event.c.data).where(audit_event.c.instance_id == row.instance_id,
                                              audit_event.c.type == "countersigner_added"))}
-        names = dict(conn.execute(select(department.c.key, department.c.name)).all())
+        names = department_names(conn)
         people = dict(conn.execute(select(app_user.c.username, app_user.c.name).where(app_user.c.username.in_(
             {r[k] for r in rows for k in ("assignee", "completed_by")} - {None}))).all())
     # This round's copies: those opened when the countersign started (the latest such moment, should the

@@ -8,7 +8,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from . import audit
-from .accounts import User
+from .accounts import User, department_names
 from .errors import Conflict, InvalidInput, NotFound, PermissionDenied, Problem
 from .lights import RED, light_of
 from .store import Database, complaint, department, follow_up, human_task, process_instance, rating
@@ -92,7 +92,7 @@ def list_follow_ups(db: Database, user: User, status: str = "open", limit: int =
     with db.read() as conn:
         rows = conn.execute(query).mappings().all()
         calendar = calendar_for(db, conn)
-        names = _department_names(conn)
+        names = department_names(conn)
     now = db.config.now()
     return [{**row, "level": SCORES[row["score"]], "department_name": names.get(row["department"], row["department"]),
              "light": _light(calendar, now, row["opened_at"], row["due_at"], row["closed_at"])} for row in rows]
@@ -185,7 +185,7 @@ def list_complaints(db: Database, user: User, status: str = "open", limit: int =
     with db.read() as conn:
         rows = conn.execute(query).mappings().all()
         calendar = calendar_for(db, conn)
-        names = _department_names(conn)
+        names = department_names(conn)
     now = db.config.now()
     return [{**row, "department_name": names.get(row["department"], row["department"]),
              "light": _light(calendar, now, row["filed_at"], row["due_at"], row["answered_at"])} for row in rows]
@@ -227,8 +227,6 @@ def _case_departments(conn, instance_id: int) -> set[str]:
     return {d for departments in rows for d in departments or []}
 
 
-def _department_names(conn) -> dict:
-    return dict(conn.execute(select(department.c.key, department.c.name)).all())
 
 
 def _require_handler(user: User) -> None:

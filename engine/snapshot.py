@@ -56,6 +56,22 @@ def tasks_in(workflow: BpmnWorkflow, state_mask: int):
                 yield task
 
 
+def completed_in_order(workflow: BpmnWorkflow) -> list:
+    """Completed tasks in the order they finished; tree order breaks ties (a redo sits below its first run)."""
+    done = [(t.last_state_change, order, t) for order, t in enumerate(workflow.get_tasks())
+            if t.state == TaskState.COMPLETED]
+    return [t for _, _, t in sorted(done, key=lambda item: item[:2])]
+
+
+def case_data(workflow: BpmnWorkflow) -> dict:
+    """The case's variables as they stand: every completed step's data, later steps winning."""
+    data: dict = {}
+    for task in completed_in_order(workflow):
+        data.update(task.data)
+    data.update(workflow.data)
+    return data
+
+
 def find_task(workflow: BpmnWorkflow, guid: str | UUID):
     """The task with this id (sub-processes included), or None; SpiffWorkflow itself raises instead."""
     try:

@@ -9,7 +9,7 @@ from datetime import date, datetime, timedelta
 from sqlalchemy import exists, func, literal_column, select
 
 from . import rollup
-from .accounts import User
+from .accounts import User, department_names
 from .errors import InvalidInput, PermissionDenied, Problem
 from .figures import (
     ALL,
@@ -33,7 +33,6 @@ from .rollup import REQUEST_ROLL_UP_DAYS, read_snapshot, roll_up, rolled_sums
 from .store import (
     Database,
     case_duration,
-    department,
     human_task,
     process_definition,
     process_instance,
@@ -92,7 +91,7 @@ def statistics(db: Database, user: User, start: date | str | None = None, end: d
                                 clerk=filters["clerk"], only=(reading.department, reading.item)))
         totals = reading.totals
         median = _median(conn, lo, hi, filters, reading.histogram)
-        names = dict(conn.execute(select(department.c.key, department.c.name)).all())
+        names = department_names(conn)
     counts = {name: totals.get(name, 0) for name in (*CASE_EVENTS.values(), *TASK_EVENTS.values())}
     completed = totals.get("dur_n", 0)
     on_time, early = totals.get("dur_on_time", 0), totals.get("dur_early", 0)

@@ -5,7 +5,7 @@ from datetime import datetime
 
 from sqlalchemy import String, cast, exists, func, or_, select
 
-from .accounts import User
+from .accounts import User, department_names
 from .errors import PermissionDenied
 from .figures import LIGHTS, has_department, step_departments
 from .store import Database, app_user, department, human_task, process_definition, process_instance
@@ -32,7 +32,7 @@ def board(db: Database, user: User, now: datetime | None = None, red_limit: int 
     with db.read() as conn:
         calendar = calendar_for(db, conn)
         per_day = calendar.office_hours.seconds_per_day
-        names = dict(conn.execute(select(department.c.key, department.c.name)).all())
+        names = department_names(conn)
         flows = dict(conn.execute(select(process_definition.c.key, process_definition.c.name)
                                   .order_by(process_definition.c.version)).all())
         light = func.coalesce(human_task.c.light, "green")

@@ -4,22 +4,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import and_, func, literal_column, or_, select, union, union_all
-from SpiffWorkflow.util.task import TaskState
 
 from . import worklist
-from .accounts import User
+from .accounts import User, department_names
 from .attachments import material_keys
 from .errors import InvalidInput, NotFound, Problem
 from .handover import URGE_ROLES
 from .lights import GREEN, RED, YELLOW, light_of
 from .projection import may_work_on, queues_of
 from .runtime import send_back_targets
-from .snapshot import decode, load_specs, read_state
+from .snapshot import case_data, decode, load_specs, read_state
 from .store import (
-    Database, app_user, attachment, audit_event, department, human_task, process_definition, process_instance, task_queue,
+    Database, app_user, attachment, audit_event, human_task, process_definition, process_instance, task_queue,
     user_department,
 )
 from .timekeeping import calendar_for
@@ -149,7 +147,7 @@ def open_tasks(db: Database, user: User, wanted: TaskFilter = TaskFilter()) -> d
         page = _due_ordered_page(conn, arms, wanted)
         rows = _rows(conn, page["ids"])
         page["choices"] = _choices(conn, queues)
-    page["rows"] = [_row(r, calendar, now, db.config.timezone) for r in rows]
+    page["rows"] = [_row(r, calendar, now, db.config.local) for r in rows]
     return page
 
 
@@ -165,7 +163,7 @@ def done_tasks(db: Database, user: User, wanted: TaskFilter = TaskFilter()) -> d
                                 .limit(PAGE_SIZE).offset((wanted.page - 1) * PAGE_SIZE)).scalars())
         rows = _rows(conn, ids)
         choices = _choices(conn, [])
-    return {"rows": [_row(r, calendar, now, db.config.timezone) for r in rows], "total": total,
+    return {"rows": [_row(r, calendar, now, db.config.local) for r in rows], "total": total,
             "page": wanted.page, "pages": _pages(total), "per_page": PAGE_SIZE, "choices": choices}
 
 
@@ -255,7 +253,7 @@ def _rows(conn, ids: list[int]) -> list:
 
 
 def _choices(conn, queues: list[str]) -> dict:
-    names = _department_names(conn)
+    names = department_names(conn)
     latest = (select(process_definition.c.key, func.max(process_definition.c.version).label("version"))
               .group_by(process_definition.c.key).subquery())
     processes = conn.execute(select(process_definition.c.key, process_definition.c.name)
@@ -264,15 +262,6 @@ def _choices(conn, queues: list[str]) -> dict:
                              .order_by(process_definition.c.key)).all()
     return {"departments": [{"key": q, "name": names.get(q)} for q in queues],
             "processes": [{"key": p.key, "name": p.name or p.key} for p in processes]}
-
-
-def _department_names(conn) -> dict:
-    return {r.key: r.name for r in conn.execute(select(department.c.key, department.c.name))}
-
-
-def _localiser(timezone: str):
-    zone = ZoneInfo(timezone)
-    return lambda moment: moment.astimezone(zone) if moment is not None else None
 
 
 def _time_left(calendar, now: datetime, due: datetime | None) -> dict:
@@ -284,8 +273,7 @@ def _time_left(calendar, now: datetime, due: datetime | None) -> dict:
     return {"workdays_left": round(days, 2), "workhours_left": round(hours, 1)}
 
 
-def _row(row, calendar, now: datetime, timezone: str) -> dict:
-    local = _localiser(timezone)
+def _row(row, calendar, now: datetime, local) -> dict:
     due, is_open = row["due_at"], row["status"] == "open"
     return {
         "id": row["id"], "instance_id": row["instance_id"], "bpmn_id": row["bpmn_id"],
@@ -329,21 +317,21 @@ def task_page(db: Database, task_id: int, user: User) -> dict:
                                     attachment.c.filename, attachment.c.content_type, attachment.c.size,
                                     attachment.c.uploaded_by, attachment.c.uploaded_at)
                              .where(attachment.c.instance_id == case["id"]).order_by(attachment.c.id)).mappings().all()
-        names = _department_names(conn)
+        names = department_names(conn)
         colleagues = _colleagues(conn, task["departments"], user)
         people = dict(conn.execute(select(app_user.c.username, app_user.c.name).where(app_user.c.username.in_(
             {task["assignee"], task["delegated_from"], task["completed_by"],
              *(f["uploaded_by"] for f in files), *(c.actor for c in completions)} - {None}))).all())
         calendar = calendar_for(db, conn)
         state = read_state(conn, case["id"])
-    local = _localiser(db.config.timezone)
+    local = db.config.local
     specs = load_specs(case["definition_id"], case["spec_json"])
     workflow = decode(state, specs)
     fields = _form_catalogue(specs)
     steps = {s.bpmn_id: s.bpmn_name or s.bpmn_id for spec in (specs.spec, *specs.subprocess_specs.values())
              for s in spec.task_specs.values() if s.bpmn_id}
     own_fields = {f["id"] for f in task["form"]}
-    data = _case_data(workflow)
+    data = case_data(workflow)
     materials = material_keys(case["guide"])
     uploaded = {f["material_key"] for f in files}
     is_open = task["status"] == "open"
@@ -430,21 +418,6 @@ def _form_catalogue(specs) -> dict:
                 fields.setdefault(field.id, {"label": field.label or field.id, "type": field.type,
                                              "options": {o.id: o.name for o in getattr(field, "options", [])}})
     return fields
-
-
-def _completed_in_order(workflow) -> list:
-    done = [(t.last_state_change, order, t) for order, t in enumerate(workflow.get_tasks())
-            if t.state == TaskState.COMPLETED]
-    return [t for _, _, t in sorted(done, key=lambda item: item[:2])]
-
-
-def _case_data(workflow) -> dict:
-    """The case's variables as they stand: every completed step's data, later steps winning."""
-    data: dict = {}
-    for task in _completed_in_order(workflow):
-        data.update(task.data)
-    data.update(workflow.data)
-    return data
 
 
 def _labelled(data: dict, fields: dict, exclude: set) -> list[dict]:

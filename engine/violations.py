@@ -9,7 +9,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from . import rollup
-from .accounts import User
+from .accounts import User, department_names
 from .errors import Conflict, InvalidInput, NotFound, PermissionDenied, Problem
 from .store import (
     Database,
@@ -199,7 +199,7 @@ def ranking(db: Database, user: User, month: str | None = None, now: datetime | 
     with rollup.read_snapshot(db) as conn:
         calendar = calendar_for(db, conn)
         per_day = calendar.office_hours.seconds_per_day
-        names = dict(conn.execute(select(department.c.key, department.c.name)).all())
+        names = department_names(conn)
         by_dept, by_window = rollup.monthly_figures(conn, first, following, calendar)
         dept_ratings = {r.department: (r.n, r.total) for r in conn.execute(
             select(rating.c.department, func.count().label("n"), func.sum(rating.c.score).label("total"))

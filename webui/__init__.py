@@ -14,7 +14,7 @@ from engine import settings
 from engine.config import Config
 from engine.store import Database
 
-from . import errors
+from . import errors, formatting
 from .api import api
 from .auth import DB_EXTENSION
 from .cases import cases
@@ -75,6 +75,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         app.register_blueprint(blueprint)
     app.context_processor(_page_context)
     errors.register(app)
+    formatting.register(app)
     return app
 
 

@@ -1,7 +1,6 @@
 """Case pages: 全部办件 list, starting a case at the window, the case page with its diagram, and printed notices."""
 from __future__ import annotations
 
-import re
 from urllib.parse import urlencode
 
 import segno
@@ -28,7 +27,6 @@ NOTICE_TEMPLATES = {
 # Notices are official documents: Chinese unless an English courtesy copy is asked for.
 NOTICE_LANGUAGES = {"zh": "zh_CN", "en": "en"}
 PUBLIC_QUERY_PATH = "/public/cases/query"
-_LIMIT = re.compile(r"^work(days|hours)\((\d+(?:\.\d+)?)\)$")
 
 
 @cases.get("/cases")
@@ -92,26 +90,6 @@ def case_time(moment) -> str:
 def notice_date(moment) -> str:
     """The date on a notice in the notice's language (2026年3月2日 / March 2, 2026)."""
     return format_date(moment.date(), "long") if moment else ""
-
-
-@cases.app_template_filter("time_limit")
-def time_limit(expression) -> str:
-    """workdays(2) -> 2个工作日, workhours(4) -> 4个工作小时."""
-    match = _LIMIT.match(str(expression or ""))
-    if not match:
-        return str(expression or "—")
-    unit, amount = match.groups()
-    amount = amount.removesuffix(".0")
-    if unit == "days":
-        return pgettext("cases", "%(n)s working days", n=amount)
-    return pgettext("cases", "%(n)s working hours", n=amount)
-
-
-@cases.app_template_filter("file_size")
-def file_size(size: int) -> str:
-    if size < 1024:
-        return f"{size} B"
-    return f"{size / 1024:.1f} KB" if size < 1024 * 1024 else f"{size / 1024 / 1024:.1f} MB"
 
 
 def _qr_svg(url: str) -> str:

@@ -1,7 +1,6 @@
 """Public pages without a login: service guides, online application, case query and progress, 补正, rating, complaints."""
 from __future__ import annotations
 
-import re
 from io import BytesIO
 from zoneinfo import ZoneInfo
 
@@ -21,7 +20,6 @@ public = Blueprint("public", __name__, url_prefix="/public")
 # Cases this browser has proven it may see (password or notice code); kept in the signed session cookie.
 SESSION_KEY = "public_cases"
 MAX_REMEMBERED = 10
-_LIMIT = re.compile(r"^work(days|hours)\((\d+(?:\.\d+)?)\)$")
 
 
 @public.get("/")
@@ -169,17 +167,6 @@ def complaint_status(reference: str):
 @public.app_template_filter("public_time")
 def public_time(moment) -> str:
     return moment.astimezone(ZoneInfo("Asia/Shanghai")).strftime("%Y-%m-%d %H:%M") if moment else "—"
-
-
-@public.app_template_filter("public_limit")
-def public_limit(expression) -> str:
-    """workdays(2) -> 2个工作日, workhours(4) -> 4个工作小时."""
-    match = _LIMIT.match(str(expression or ""))
-    if not match:
-        return str(expression or "—")
-    unit, amount = match.groups()
-    amount = amount.removesuffix(".0")
-    return _("%(n)s working days", n=amount) if unit == "days" else _("%(n)s working hours", n=amount)
 
 
 def _case_page(db, progress: dict, refused=None):

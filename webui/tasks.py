@@ -352,25 +352,6 @@ def _megabytes(size: int) -> str:
     return f"{size / 1024 / 1024:.1f} MB" if size >= 1024 * 1024 else f"{size / 1024:.1f} KB"
 
 
-_LIMIT = re.compile(r"^work(days|hours)\((\d+(?:\.\d+)?)\)$")
-
-
-@tasks.app_template_filter("task_limit")
-def task_limit(expression) -> str:
-    """A service guide's limit as clerks say it: workdays(2) -> 2个工作日, workhours(4) -> 4个工作小时."""
-    match = _LIMIT.match(str(expression or ""))
-    if not match:
-        return str(expression or "—")
-    unit, amount = match.groups()
-    amount = amount.removesuffix(".0")
-    return _("%(n)s working days", n=amount) if unit == "days" else _("%(n)s working hours", n=amount)
-
-
-@tasks.app_template_filter("task_file_size")
-def task_file_size(size: int) -> str:
-    return f"{size} B" if size < 1024 else _megabytes(size)
-
-
 @tasks.errorhandler(ApprovalsError)
 def _engine_error(error: ApprovalsError):
     status = status_of(error)
