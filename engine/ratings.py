@@ -100,26 +100,11 @@ def list_follow_ups(db: Database, user: User, status: str = "open", limit: int =
 
 def close_follow_up(db: Database, follow_up_id: int, user: User, resolution: str) -> dict:
     _require_handler(user)
-    resolution = (resolution or "").strip()
-    if not resolution:
-        raise InvalidInput(Problem("describe how the complaint was followed up and put right", field="resolution"))
-    if len(resolution) > 4000:
-        raise InvalidInput(Problem("at most 4000 characters", field="resolution"))
-
-    def store(conn):
-        row = conn.execute(select(follow_up).where(follow_up.c.id == follow_up_id)).mappings().first()
-        if row is None:
-            raise NotFound(f"no follow-up {follow_up_id}")
-        now = db.config.now()
-        if not conn.execute(update(follow_up).where(follow_up.c.id == follow_up_id, follow_up.c.status == "open")
-                            .values(status="closed", closed_at=now, closed_by=user.username,
-                                    resolution=resolution)).rowcount:
-            raise Conflict(f"follow-up {follow_up_id} is already closed")
-        audit.record(conn, now, user.username, "follow_up_closed", row["instance_id"],
-                     data={"follow_up_id": follow_up_id, "late": now > row["due_at"]})
-        return {"id": follow_up_id, "status": "closed", "late": now > row["due_at"]}
-
-    return db.run(store)
+    resolution = _written(resolution, "resolution", "describe how the complaint was followed up and put right")
+    return _settle(db, follow_up, follow_up_id, user, "follow_up_closed", "follow_up_id",
+                   "closed_at", dict(status="closed", closed_by=user.username, resolution=resolution),
+                   missing=f"no follow-up {follow_up_id}",
+                   settled=lambda row: f"follow-up {follow_up_id} is already closed")
 
 
 def file_complaint(db: Database, subject: str, body: str, instance_id: int | None = None,
@@ -193,24 +178,37 @@ def list_complaints(db: Database, user: User, status: str = "open", limit: int =
 
 def answer_complaint(db: Database, complaint_id: int, user: User, answer: str) -> dict:
     _require_handler(user)
-    answer = (answer or "").strip()
-    if not answer:
-        raise InvalidInput(Problem("write the answer to the complainant", field="answer"))
-    if len(answer) > 4000:
-        raise InvalidInput(Problem("at most 4000 characters", field="answer"))
+    answer = _written(answer, "answer", "write the answer to the complainant")
+    return _settle(db, complaint, complaint_id, user, "complaint_answered", "complaint_id",
+                   "answered_at", dict(status="answered", answered_by=user.username, answer=answer),
+                   missing=f"no complaint {complaint_id}",
+                   settled=lambda row: f"complaint {row['reference']} has already been answered")
 
+
+def _written(text: str | None, field: str, missing: str) -> str:
+    text = (text or "").strip()
+    if not text:
+        raise InvalidInput(Problem(missing, field=field))
+    if len(text) > 4000:
+        raise InvalidInput(Problem("at most 4000 characters", field=field))
+    return text
+
+
+def _settle(db: Database, table, item_id: int, user: User, event: str, id_key: str, moment_column: str, values: dict,
+            missing: str, settled) -> dict:
+    """Close a follow-up or answer a complaint, once: `values` and the moment are stored, and the audit trail
+    records whether it was late."""
     def store(conn):
-        row = conn.execute(select(complaint).where(complaint.c.id == complaint_id)).mappings().first()
+        row = conn.execute(select(table).where(table.c.id == item_id)).mappings().first()
         if row is None:
-            raise NotFound(f"no complaint {complaint_id}")
+            raise NotFound(missing)
         now = db.config.now()
-        if not conn.execute(update(complaint).where(complaint.c.id == complaint_id, complaint.c.status == "open")
-                            .values(status="answered", answered_at=now, answered_by=user.username,
-                                    answer=answer)).rowcount:
-            raise Conflict(f"complaint {row['reference']} has already been answered")
-        audit.record(conn, now, user.username, "complaint_answered", row["instance_id"],
-                     data={"complaint_id": complaint_id, "late": now > row["due_at"]})
-        return {"id": complaint_id, "status": "answered", "late": now > row["due_at"]}
+        if not conn.execute(update(table).where(table.c.id == item_id, table.c.status == "open")
+                            .values({**values, moment_column: now})).rowcount:
+            raise Conflict(settled(row))
+        late = now > row["due_at"]
+        audit.record(conn, now, user.username, event, row["instance_id"], data={id_key: item_id, "late": late})
+        return {"id": item_id, "status": values["status"], "late": late}
 
     return db.run(store)
 
