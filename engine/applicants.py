@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -13,7 +12,8 @@ from sqlalchemy import and_, func, or_, select, update
 
 from . import accounts, audit, casefile, forms, runtime
 from .accounts import User, department_names
-from .errors import ApprovalsError, Conflict, FormInvalid, NotFound, Problem
+from .attachments import check_file, safe_filename, sniff
+from .errors import ApprovalsError, Conflict, FormInvalid, InvalidInput, NotFound, Problem
 from .lights import light_of
 from .projection import extensions
 from .snapshot import decode, find_task, load_specs, read_state, task_spec_of
@@ -36,15 +36,8 @@ MAX_FAILURES_PER_IP = 10
 MAX_FAILURES_PER_CASE = 5
 REFUSED = "the case number or the query password is wrong"
 MAX_FILES = 30
-# Extension -> (content type, accepted leading bytes): the type is decided here, never taken from the browser.
-FILE_TYPES = {
-    "pdf": ("application/pdf", (b"%PDF-",)),
-    "jpg": ("image/jpeg", (b"\xff\xd8\xff",)),
-    "jpeg": ("image/jpeg", (b"\xff\xd8\xff",)),
-    "png": ("image/png", (b"\x89PNG\r\n\x1a\n",)),
-    "ofd": ("application/ofd", (b"PK\x03\x04",)),
-}
-_UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]")
+# Applicants send scans and e-documents; Office files are for the window's own attachments.
+ONLINE_EXTENSIONS = ("pdf", "jpg", "jpeg", "png", "ofd")
 # casefile.notice reads on behalf of a user; the public pages have none, and only call it for a case
 # whose password or notice code this browser has given, so they read as the window would.
 _NOTICE_READER = User(0, ONLINE_ACTOR, "网上申报", ("window",), ())
@@ -391,28 +384,21 @@ def _check_uploads(db: Database, uploads: list[Upload], known: set[str]) -> list
         problems.append(Problem(f"at most {MAX_FILES} files", field="files"))
     for upload in uploads:
         where = f"material:{upload.material_key}"
-        extension = upload.filename.rsplit(".", 1)[-1].lower() if "." in upload.filename else ""
         if upload.material_key not in known:
             problems.append(Problem(f"unknown material {upload.material_key!r}", field=where))
-        elif extension not in FILE_TYPES:
-            problems.append(Problem(f"{upload.filename}: only {', '.join(sorted(FILE_TYPES))} files are accepted",
-                                    field=where))
-        elif not upload.data:
-            problems.append(Problem(f"{upload.filename} is empty", field=where))
-        elif len(upload.data) > db.config.max_upload_bytes:
-            problems.append(Problem(f"{upload.filename} is larger than {db.config.max_upload_bytes} bytes",
-                                    field=where))
-        elif not upload.data.startswith(FILE_TYPES[extension][1]):
-            problems.append(Problem(f"{upload.filename} is not a real .{extension} file", field=where))
+            continue
+        try:
+            check_file(upload.filename, upload.data, db.config.max_upload_bytes, ONLINE_EXTENSIONS)
+        except InvalidInput as refused:
+            problems += [Problem(f"{upload.filename}: {p.message}", field=where) for p in refused.problems]
     return problems
 
 
 def _store_upload(conn, now: datetime, instance_id: int, task_id: int | None, upload: Upload) -> None:
-    extension = upload.filename.rsplit(".", 1)[-1].lower()
-    name = _UNSAFE_NAME.sub("_", upload.filename.replace("\\", "/").rsplit("/", 1)[-1]).strip()[-200:] or "file"
+    # (checked by _check_uploads before the transaction began)
     conn.execute(attachment.insert().values(
-        instance_id=instance_id, task_id=task_id, material_key=upload.material_key, filename=name,
-        content_type=FILE_TYPES[extension][0], size=len(upload.data),
+        instance_id=instance_id, task_id=task_id, material_key=upload.material_key,
+        filename=safe_filename(upload.filename), content_type=sniff(upload.data).content_type, size=len(upload.data),
         sha256=hashlib.sha256(upload.data).hexdigest(), content=upload.data,
         uploaded_by=ONLINE_ACTOR, uploaded_at=now))
 

@@ -46,7 +46,8 @@ _UNSAFE = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]')
 _CONTENT_TYPES_LIMIT = 256 * 1024
 
 
-def check_file(filename: str, data: bytes, max_bytes: int) -> tuple[str, FileType]:
+def check_file(filename: str, data: bytes, max_bytes: int,
+               allowed: tuple[str, ...] = ALLOWED_EXTENSIONS) -> tuple[str, FileType]:
     """(safe filename, type) of an upload, or InvalidInput on field `file` saying what is wrong with it."""
     name = safe_filename(filename)
     extension = name.rsplit(".", 1)[-1].lower() if "." in name else ""
@@ -54,9 +55,9 @@ def check_file(filename: str, data: bytes, max_bytes: int) -> tuple[str, FileTyp
         raise InvalidInput(Problem("the file is empty", field="file"))
     if len(data) > max_bytes:
         raise InvalidInput(Problem(f"the file is {len(data)} bytes; the limit is {max_bytes} bytes", field="file"))
-    if extension not in ALLOWED_EXTENSIONS:
+    if extension not in allowed:
         raise InvalidInput(Problem(f"files of type .{extension or '?'} are not accepted; accepted are "
-                                   f"{', '.join('.' + e for e in ALLOWED_EXTENSIONS)}", field="file"))
+                                   f"{', '.join('.' + e for e in allowed)}", field="file"))
     sniffed = sniff(data)
     if sniffed is None or extension not in sniffed.extensions:
         found = f"a {sniffed.name} file" if sniffed else "not a file of any accepted type"
