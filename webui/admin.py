@@ -13,6 +13,7 @@ from engine.accounts import ROLES
 from engine.errors import ApprovalsError, InvalidInput
 
 from .auth import database
+from .errors import translated
 from .login import login_required_page, page_user
 
 admin = Blueprint("admin", __name__)
@@ -193,35 +194,33 @@ _PATTERNS = [
     (re.compile(r"^name must be 1-200 characters$"), lambda m: _("use 1-200 characters")),
     (re.compile(r"^password must be at least 8 characters$"), lambda m: _("at least 8 characters")),
     (re.compile(r"^unknown roles (?P<roles>.+); roles are (?P<known>.+)$"),
-     lambda m: _("unknown roles %(roles)s; the roles are %(known)s", **m)),
+     lambda m: _("unknown roles %(roles)s; the roles are %(known)s", **m.groupdict(""))),
     (re.compile(r"^unknown departments (?P<departments>.+)$"),
-     lambda m: _("unknown departments %(departments)s", **m)),
-    (re.compile(r"^user '(?P<username>.+)' already exists$"), lambda m: _("User %(username)s already exists.", **m)),
+     lambda m: _("unknown departments %(departments)s", **m.groupdict(""))),
+    (re.compile(r"^user '(?P<username>.+)' already exists$"),
+     lambda m: _("User %(username)s already exists.", **m.groupdict(""))),
     (re.compile(r"^department '(?P<key>.+)' or a department named '(?P<name>.+)' already exists$"),
-     lambda m: _("A department %(key)s or a department named %(name)s already exists.", **m)),
+     lambda m: _("A department %(key)s or a department named %(name)s already exists.", **m.groupdict(""))),
     (re.compile(r"^department '(?P<key>.+)' is already named '(?P<name>.+)'$"),
-     lambda m: _("Department %(key)s is already called %(name)s.", **m)),
+     lambda m: _("Department %(key)s is already called %(name)s.", **m.groupdict(""))),
     (re.compile(r"^you cannot take the admin role from yourself$"),
      lambda m: _("You cannot take the administrator role from yourself.")),
     (re.compile(r"^you cannot deactivate yourself$"), lambda m: _("You cannot deactivate yourself.")),
     (re.compile(r"^user '(?P<username>.+)' is already inactive$"),
-     lambda m: _("User %(username)s is already deactivated.", **m)),
-    (re.compile(r"^user '(?P<username>.+)' is already active$"), lambda m: _("User %(username)s is already active.", **m)),
+     lambda m: _("User %(username)s is already deactivated.", **m.groupdict(""))),
+    (re.compile(r"^user '(?P<username>.+)' is already active$"),
+     lambda m: _("User %(username)s is already active.", **m.groupdict(""))),
     (re.compile(r"^not a date like 2026-10-01: (?P<value>.+)$"),
-     lambda m: _("%(value)s is not a date like 2026-10-01", **m)),
+     lambda m: _("%(value)s is not a date like 2026-10-01", **m.groupdict(""))),
     (re.compile(r"^(?P<file>.+): needs `year: YYYY`$"),
-     lambda m: _("%(file)s: the file needs a line `year: YYYY`", **m)),
+     lambda m: _("%(file)s: the file needs a line `year: YYYY`", **m.groupdict(""))),
     (re.compile(r"^(?P<file>.+): not valid YAML: (?P<detail>.+)$"),
-     lambda m: _("%(file)s is not valid YAML: %(detail)s", **m)),
+     lambda m: _("%(file)s is not valid YAML: %(detail)s", **m.groupdict(""))),
     (re.compile(r"^(?P<file>.+): (?P<day>\d{4}-\d{2}-\d{2}) is not in (?P<year>\d{4})$"),
-     lambda m: _("%(file)s: %(day)s is not in %(year)s", **m)),
+     lambda m: _("%(file)s: %(day)s is not in %(year)s", **m.groupdict(""))),
 ]
 
 
 def message_text(message: str) -> str:
     """An engine refusal in the page's language; one we do not know keeps the engine's words."""
-    for pattern, render in _PATTERNS:
-        match = pattern.match(message)
-        if match:
-            return render(match.groupdict())
-    return message
+    return translated(message, _PATTERNS)

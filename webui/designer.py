@@ -30,6 +30,7 @@ from engine.errors import (
 )
 
 from .auth import database
+from .errors import translated
 from .login import login_required_page, page_user
 
 designer = Blueprint("designer", __name__)
@@ -331,20 +332,21 @@ def _problem_dict(problem: Problem) -> dict:
 # Deploy messages (engine/deploy.py, engine/forms.py, engine/guides.py) in the page's language.
 _PATTERNS = [
     (re.compile(r"^the condition (?P<text>.+) is not valid Python: (?P<detail>.+)$"),
-     lambda m: _("The condition %(text)s is not valid Python: %(detail)s", **m)),
+     lambda m: _("The condition %(text)s is not valid Python: %(detail)s", **m.groupdict(""))),
     (re.compile(r"^the script (?P<text>.+) is not valid Python: (?P<detail>.+)$"),
-     lambda m: _("The script %(text)s is not valid Python: %(detail)s", **m)),
+     lambda m: _("The script %(text)s is not valid Python: %(detail)s", **m.groupdict(""))),
     (re.compile(r"^the (?:condition|script) (?P<text>.+) is a JUEL expression; write it in Python, e.g. (?P<example>.+)$"),
-     lambda m: _("%(text)s is a JUEL expression; write it in Python, e.g. %(example)s", **m)),
+     lambda m: _("%(text)s is a JUEL expression; write it in Python, e.g. %(example)s", **m.groupdict(""))),
     (re.compile(r"^the (?:condition|script) (?P<text>.+) is a FEEL expression \(Camunda 8\); write it in Python, e.g. (?P<example>.+)$"),
-     lambda m: _("%(text)s is a FEEL expression; write it in Python, e.g. %(example)s", **m)),
+     lambda m: _("%(text)s is a FEEL expression; write it in Python, e.g. %(example)s", **m.groupdict(""))),
     (re.compile(r"^the (?:condition|script) is empty$"), lambda m: _("The condition or script is empty.")),
     (re.compile(r"^the condition is written in (?P<language>.+); conditions are Python expressions, e\.g\. amount > 100$"),
-     lambda m: _("The condition is written in %(language)s; conditions are Python expressions, e.g. amount > 100", **m)),
+     lambda m: _("The condition is written in %(language)s; conditions are Python expressions, e.g. amount > 100",
+                 **m.groupdict(""))),
     (re.compile(r"^script format (?P<format>.+) is not supported; scripts are Python$"),
-     lambda m: _("Script format %(format)s is not supported; scripts are Python.", **m)),
+     lambda m: _("Script format %(format)s is not supported; scripts are Python.", **m.groupdict(""))),
     (re.compile(r"^id (?P<id>.+) is used twice \(first on line (?P<line>\d+)\); ids must be unique$"),
-     lambda m: _("The id %(id)s is used twice (first on line %(line)s); ids must be unique.", **m)),
+     lambda m: _("The id %(id)s is used twice (first on line %(line)s); ids must be unique.", **m.groupdict(""))),
     (re.compile(r"^complex gateways are not supported"),
      lambda m: _("Complex gateways are not supported; use parallel, exclusive or inclusive gateways.")),
     (re.compile(r"^service tasks are not supported"),
@@ -352,40 +354,38 @@ _PATTERNS = [
     (re.compile(r"^business rule \(DMN\) tasks are not supported"), lambda m: _("Business rule (DMN) tasks are not supported.")),
     (re.compile(r"^ad-hoc sub-processes are not supported"), lambda m: _("Ad-hoc sub-processes are not supported.")),
     (re.compile(r"^form field (?P<field>.+) has type (?P<type>.+); supported types are (?P<types>.+)$"),
-     lambda m: _("Form field %(field)s has type %(type)s; supported types are %(types)s.", **m)),
-    (re.compile(r"^form field (?P<field>.+) is defined twice$"), lambda m: _("Form field %(field)s is defined twice.", **m)),
+     lambda m: _("Form field %(field)s has type %(type)s; supported types are %(types)s.", **m.groupdict(""))),
+    (re.compile(r"^form field (?P<field>.+) is defined twice$"),
+     lambda m: _("Form field %(field)s is defined twice.", **m.groupdict(""))),
     (re.compile(r"^a form field has no id$"), lambda m: _("A form field has no id.")),
     (re.compile(r"^form field (?P<field>.+) is an enum without any camunda:value$"),
-     lambda m: _("Form field %(field)s is an enum without any value.", **m)),
+     lambda m: _("Form field %(field)s is an enum without any value.", **m.groupdict(""))),
     (re.compile(r"^(?:form field (?P<field>.+)|a form field) has constraint (?P<name>.+); supported are (?P<names>.+)$"),
-     lambda m: _("A form field has constraint %(name)s; supported are %(names)s.", **m)),
+     lambda m: _("A form field has constraint %(name)s; supported are %(names)s.", **m.groupdict(""))),
     (re.compile(r"^(?:form field (?P<field>.+)|a form field): constraint (?P<name>\S+) needs a number, got (?P<value>.+)$"),
-     lambda m: _("Constraint %(name)s needs a number, got %(value)s.", **m)),
+     lambda m: _("Constraint %(name)s needs a number, got %(value)s.", **m.groupdict(""))),
     (re.compile(r"^service item (?P<item>.+) names task (?P<task>.+), which is not in the diagram$"),
-     lambda m: _("Service guide item %(item)s names task %(task)s, which is not in the diagram.", **m)),
+     lambda m: _("Service guide item %(item)s names task %(task)s, which is not in the diagram.", **m.groupdict(""))),
     (re.compile(r"^process (?P<id>.+) is not executable; set isExecutable=\"true\" to deploy it$"),
-     lambda m: _("Process %(id)s is not executable; tick “Executable” to deploy it.", **m)),
+     lambda m: _("Process %(id)s is not executable; tick “Executable” to deploy it.", **m.groupdict(""))),
     (re.compile(r"^the file contains no bpmn:process$"), lambda m: _("The file contains no process.")),
     (re.compile(r"^not a BPMN 2\.0 file"), lambda m: _("This is not a BPMN 2.0 file.")),
     (re.compile(r"^boundary event (?P<id>.+) is attached to (?P<target>.+), which is not an activity of the same \(sub-\)process$"),
-     lambda m: _("Boundary event %(id)s is attached to %(target)s, which is not an activity of the same process.", **m)),
+     lambda m: _("Boundary event %(id)s is attached to %(target)s, which is not an activity of the same process.",
+                 **m.groupdict(""))),
     (re.compile(r"^sequence flow (?P<id>.+) has no (?P<attribute>sourceRef|targetRef)$"),
-     lambda m: _("Sequence flow %(id)s is not connected at one end.", **m)),
+     lambda m: _("Sequence flow %(id)s is not connected at one end.", **m.groupdict(""))),
     (re.compile(r"^sequence flow (?P<id>.+) has (?:sourceRef|targetRef)=(?P<ref>.+), which is not an element of the same \(sub-\)process$"),
-     lambda m: _("Sequence flow %(id)s connects to %(ref)s, which is not in the same process.", **m)),
+     lambda m: _("Sequence flow %(id)s connects to %(ref)s, which is not in the same process.", **m.groupdict(""))),
     (re.compile(r"^the call activity does not name the process it calls"),
      lambda m: _("The call activity does not name the process it calls.")),
     (re.compile(r"^the call activity calls process (?P<called>.+), which is not in this deployment"),
-     lambda m: _("The call activity calls process %(called)s, which is not in this deployment.", **m)),
+     lambda m: _("The call activity calls process %(called)s, which is not in this deployment.", **m.groupdict(""))),
     (re.compile(r"^(?P<field>[\w.\[\]]+): must be workdays\(N\) or workhours\(H\), got (?P<value>.+)$"),
-     lambda m: _("%(field)s must be workdays(N) or workhours(H), got %(value)s.", **m)),
+     lambda m: _("%(field)s must be workdays(N) or workhours(H), got %(value)s.", **m.groupdict(""))),
 ]
 
 
 def problem_text(message: str) -> str:
     """A deploy problem in the page's language; unknown ones keep the engine's words after a translated lead."""
-    for pattern, render in _PATTERNS:
-        match = pattern.match(message)
-        if match:
-            return render({k: v or "" for k, v in match.groupdict().items()})
-    return _("Check failed: %(message)s", message=message)
+    return translated(message, _PATTERNS, lambda unknown: _("Check failed: %(message)s", message=unknown))

@@ -1,6 +1,7 @@
 """Maps engine errors and HTTP errors to responses in one place: JSON for API clients, plain pages otherwise."""
 from __future__ import annotations
 
+import re
 import uuid
 
 from flask import Flask, current_app, jsonify, request
@@ -19,6 +20,16 @@ STATUS = (
     (InvalidInput, 422),  # DeploymentInvalid and FormInvalid too
     (ApprovalsError, 422),
 )
+
+
+def translated(message: str, patterns, unknown=None) -> str:
+    """An engine message in the page's language: the first (pattern, render) whose pattern matches renders it
+    from the match; a message no pattern knows goes to `unknown`, or stays in the engine's words."""
+    for pattern, render in patterns:
+        match = re.match(pattern, message)
+        if match:
+            return render(match)
+    return unknown(message) if unknown else message
 
 
 def status_of(error: ApprovalsError) -> int:

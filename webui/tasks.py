@@ -1,7 +1,6 @@
 """The clerk's task pages: 待办 and 已办 lists, the task page with its form, the task actions, and case materials."""
 from __future__ import annotations
 
-import re
 from urllib.parse import quote
 
 from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
@@ -12,7 +11,7 @@ from engine import attachments, countersign, handover, runtime, tasklists
 from engine.errors import ApprovalsError, Conflict, InvalidInput, NotFound, PermissionDenied, Problem
 
 from .auth import database
-from .errors import status_of
+from .errors import status_of, translated
 from .login import login_required_page, page_user
 
 tasks = Blueprint("tasks", __name__)
@@ -331,21 +330,13 @@ _ERRORS = [
 
 
 def problem_message(problem: Problem) -> str:
-    return _translate(problem.message, _PROBLEMS)
+    return translated(problem.message, _PROBLEMS)
 
 
 def engine_message(error: ApprovalsError) -> str:
     if isinstance(error, InvalidInput) and error.problems:
         return " ".join(problem_message(p) for p in error.problems)
-    return _translate(error.message, _ERRORS)
-
-
-def _translate(message: str, patterns) -> str:
-    for pattern, render in patterns:
-        match = re.match(pattern, message)
-        if match:
-            return render(match)
-    return message
+    return translated(error.message, _ERRORS)
 
 
 def _megabytes(size: int) -> str:
