@@ -59,7 +59,7 @@ class _Case:
     completed_task: int | None = None
     resumed: bool = False
     task_row: dict | None = None
-    stored: dict = field(default_factory=dict)   # the case row as it is in the database
+    stored: dict = field(init=False)   # the case row as it is in the database, to write only what changed
 
     def __post_init__(self):
         self.stored = dict(self.row)
@@ -459,7 +459,6 @@ def _save(db: Database, conn, case: _Case, snapshot: Snapshot, first: bool = Fal
     row["revision"] = snapshot.revision = row["revision"] + 1
     changed = tuple(column for column in _CASE_COLUMNS if row.get(column) != case.stored.get(column))
     _case_update(changed).execute(conn, {"case_id": row["id"], **{"new_" + c: row.get(c) for c in changed}})
-    case.stored = dict(row)
     violations.record_violations(conn, case.events)   # a deemed consent is a violation of its department
     audit.record_many(conn, case.events)
 
