@@ -5,6 +5,7 @@ import re
 from datetime import datetime, timezone
 
 from SpiffWorkflow.bpmn.specs.event_definitions.timer import TimerEventDefinition
+from SpiffWorkflow.bpmn.specs.mixins.multiinstance_task import MultiInstanceTask
 from SpiffWorkflow.util.task import TaskState
 
 from .snapshot import tasks_in
@@ -12,6 +13,21 @@ from .snapshot import tasks_in
 # A frozen timer waits here; SpiffWorkflow compares it with "now" and never fires it.
 FROZEN_UNTIL = "9999-12-31T00:00:00+00:00"
 _LIMIT = re.compile(r"^\s*(workdays|workhours)\(\s*(\d+(?:\.\d+)?)\s*\)\s*$")
+
+
+def limit_holder(task):
+    """The step whose boundary timers set `task`'s limit: the task itself, or for a countersign copy its countersign."""
+    parent = task.parent
+    return parent if parent is not None and isinstance(parent.task_spec, MultiInstanceTask) else task
+
+
+def limit_timers(task) -> list:
+    """The waiting timers on the boundary of `task`'s limit holder (empty when it has no boundary events)."""
+    holder = limit_holder(task)
+    split = holder.parent
+    if split is None or not split.task_spec.name.endswith(".BoundaryEventSplit"):
+        return []
+    return [t for t in split.children if t is not holder and t.state == TaskState.WAITING]
 
 
 def deadline_from(calendar, start: datetime, expression: str | None):

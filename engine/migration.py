@@ -12,7 +12,6 @@ from sqlalchemy import delete, select, update
 from SpiffWorkflow.bpmn.specs.event_definitions.timer import (
     DurationTimerEventDefinition, TimeDateEventDefinition, TimerEventDefinition,
 )
-from SpiffWorkflow.bpmn.specs.mixins.multiinstance_task import MultiInstanceTask
 from SpiffWorkflow.bpmn.util.diff import SpecDiff, migrate_workflow
 from SpiffWorkflow.util.task import TaskState
 
@@ -287,11 +286,9 @@ def _plan_case(conn, migration: _Migration, row: dict, calendar, now: datetime) 
     for task_row in open_rows:
         workdays = extensions.get(task_row["id"])
         spiff = workflow.get_task_from_id(UUID(task_row["task_guid"]))
-        if workdays and spiff is not None and spiff.parent is not None:
-            # (a countersign copy's limit is its countersign's, whose timers sit beside the countersign)
-            holder = spiff.parent if isinstance(spiff.parent.task_spec, MultiInstanceTask) else spiff
-            for sibling in holder.parent.children if holder.parent is not None else ():
-                task_extensions[sibling.id] = workdays
+        if workdays and spiff is not None:
+            for limit in clock.limit_timers(spiff):
+                task_extensions[limit.id] = workdays
     dues = _retime(workflow, before, calendar, pauses, row["paused_since"], task_extensions, plan)
     plan.case_values = _case_limits(migration, row, calendar, pauses, extensions.get(None))
     yellow = plan.case_values.get("yellow_seconds", row["yellow_seconds"])
@@ -495,12 +492,7 @@ def _task_values(conn, spiff, task_row, dues: dict, calendar, case_yellow) -> di
 
 
 def _boundary_due(task, dues: dict) -> datetime | None:
-    parent = task.parent
-    if parent is not None and isinstance(parent.task_spec, MultiInstanceTask):
-        task, parent = parent, parent.parent
-    if parent is None or not parent.task_spec.name.endswith(".BoundaryEventSplit"):
-        return None
-    found = [dues[s.id] for s in parent.children if s is not task and s.state == TaskState.WAITING and s.id in dues]
+    found = [dues[t.id] for t in clock.limit_timers(task) if t.id in dues]
     return min(found) if found else None
 
 

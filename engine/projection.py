@@ -5,7 +5,6 @@ import re
 from datetime import datetime
 
 from sqlalchemy import and_, bindparam, delete, select, update
-from SpiffWorkflow.bpmn.specs.mixins.multiinstance_task import MultiInstanceTask
 from SpiffWorkflow.util.task import TaskState
 
 from . import clock
@@ -112,15 +111,8 @@ def _groups(task) -> list[str]:
 
 
 def boundary_due(task) -> datetime | None:
-    """A task's deadline is the earliest timer on its boundary (a countersign copy: on its parent's)."""
-    parent = task.parent
-    if parent is not None and isinstance(parent.task_spec, MultiInstanceTask):
-        task, parent = parent, parent.parent
-    if parent is None or not parent.task_spec.name.endswith(".BoundaryEventSplit"):
-        return None
-    dues = [clock.timer_due(sibling) for sibling in parent.children
-            if sibling is not task and sibling.state == TaskState.WAITING]
-    dues = [d for d in dues if d is not None]
+    """A task's deadline is the earliest timer on its boundary (a countersign copy: on its countersign's)."""
+    dues = [due for due in map(clock.timer_due, clock.limit_timers(task)) if due is not None]
     return min(dues) if dues else None
 
 

@@ -309,11 +309,9 @@ def extend(db: Database, user: User, workdays: int, reason: str, task_id: int | 
         if task_row["due_at"] is None or task_row["due_at"] <= case.now:
             raise Conflict("only a running limit can be extended, before it expires")
         spiff_task = find_task(case.workflow, task_row["task_guid"])
-        # A countersign copy shares its countersign's limit: the timers sit beside the countersign, and
-        # moving them moves every copy's deadline.
-        holder = spiff_task.parent if isinstance(spiff_task.parent.task_spec, MultiInstanceTask) else spiff_task
-        guids = {str(t.id) for t in holder.parent.children if t is not holder}
-        clock.extend_timers(case.workflow, calendar, guids, workdays)
+        # A countersign copy shares its countersign's limit: moving its timers moves every copy's deadline.
+        holder = clock.limit_holder(spiff_task)
+        clock.extend_timers(case.workflow, calendar, {str(t.id) for t in clock.limit_timers(spiff_task)}, workdays)
         new_due = projection.boundary_due(spiff_task)
         copies = [str(t.id) for t in holder.children] if holder is not spiff_task else [task_row["task_guid"]]
         conn.execute(update(human_task).where(human_task.c.instance_id == case.row["id"], human_task.c.status == "open",
